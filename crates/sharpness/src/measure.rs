@@ -1,0 +1,1 @@
+//! Sharpness measures (being written).

@@ -1,0 +1,353 @@
+//! The optimizer wrapper, written once for every method: [`SharpnessAware`].
+
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::optim::{
+    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig,
+    decay::WeightDecayConfig, momentum::MomentumConfig,
+};
+use burn::tensor::{Bytes, Device, Tensor};
+
+use crate::error::{SharpnessError, check, check_non_negative};
+use crate::estimator::{Evaluation, GradientEstimator, Oracle, StateRecord, StepContext};
+use crate::params::ParamSet;
+
+/// The loss of the current step's batch, as a function of the model.
+///
+/// Every pass of a step calls [`Objective::loss`] on the **same** batch, so the API cannot reuse
+/// the first gradient as the second (peers.md B5). Any `FnMut(&M) -> Tensor<1>` is an objective.
+pub trait Objective<M> {
+    /// The mean loss of this step's batch (a one-element tensor) for `model`.
+    fn loss(&mut self, model: &M) -> Tensor<1>;
+
+    /// The loss of a single training example, the `draw`-th of a Fisher estimate; the objective
+    /// picks the example (e.g. at random from the training set). Only SSAM's mask needs it; the
+    /// default is `None` ("not supported").
+    fn example_loss(&mut self, _model: &M, _draw: usize) -> Option<Tensor<1>> {
+        None
+    }
+}
+
+impl<M, F: FnMut(&M) -> Tensor<1>> Objective<M> for F {
+    fn loss(&mut self, model: &M) -> Tensor<1> {
+        self(model)
+    }
+}
+
+/// How the perturbation radius ρ evolves.
+#[derive(Clone)]
+pub enum RhoSchedule {
+    /// A constant ρ.
+    Constant(f64),
+    /// ρ proportional to the learning rate, as GSAM (spec §6):
+    /// ρ_t = ρ_min + (ρ_max − ρ_min)(lr_t − lr_min)/(lr_max − lr_min), with lr_t clamped to
+    /// [lr_min, lr_max] so that a warm-up from 0 never gives a negative ρ (big_vision #80).
+    ProportionalToLr {
+        /// ρ at lr_min.
+        rho_min: f64,
+        /// ρ at lr_max.
+        rho_max: f64,
+        /// The smallest learning rate of the schedule.
+        lr_min: f64,
+        /// The largest learning rate of the schedule.
+        lr_max: f64,
+    },
+    /// A user function of (step, lr); a negative or non-finite value is an error at that step.
+    Custom(Arc<dyn Fn(u64, f64) -> f64 + Send + Sync>),
+}
+
+impl std::fmt::Debug for RhoSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Constant(rho) => write!(f, "Constant({rho})"),
+            Self::ProportionalToLr { rho_min, rho_max, lr_min, lr_max } => {
+                write!(f, "ProportionalToLr {{ rho: {rho_min}..{rho_max}, lr: {lr_min}..{lr_max} }}")
+            }
+            Self::Custom(_) => write!(f, "Custom(..)"),
+        }
+    }
+}
+
+impl RhoSchedule {
+    /// A constant ρ ≥ 0.
+    pub fn constant(rho: f64) -> Result<Self, SharpnessError> {
+        check_non_negative("rho", rho)?;
+        Ok(Self::Constant(rho))
+    }
+
+    /// ρ proportional to the learning rate (see [`RhoSchedule::ProportionalToLr`]).
+    pub fn proportional_to_lr(rho_min: f64, rho_max: f64, lr_min: f64, lr_max: f64) -> Result<Self, SharpnessError> {
+        check_non_negative("rho_min", rho_min)?;
+        check_non_negative("rho_max", rho_max)?;
+        check_non_negative("lr_min", lr_min)?;
+        check("lr_max", lr_max, lr_max.is_finite() && lr_max > lr_min, "a finite number > lr_min")?;
+        Ok(Self::ProportionalToLr { rho_min, rho_max, lr_min, lr_max })
+    }
+
+    /// A user-supplied ρ(step, lr).
+    pub fn custom(f: impl Fn(u64, f64) -> f64 + Send + Sync + 'static) -> Self {
+        Self::Custom(Arc::new(f))
+    }
+
+    /// ρ at this step and learning rate.
+    pub fn rho(&self, step: u64, lr: f64) -> Result<f64, SharpnessError> {
+        let rho = match self {
+            Self::Constant(rho) => *rho,
+            Self::ProportionalToLr { rho_min, rho_max, lr_min, lr_max } => {
+                let t = (lr.clamp(*lr_min, *lr_max) - lr_min) / (lr_max - lr_min);
+                rho_min + (rho_max - rho_min) * t
+            }
+            Self::Custom(f) => f(step, lr),
+        };
+        check_non_negative("rho (from the schedule)", rho)?;
+        Ok(rho)
+    }
+}
+
+/// Base optimizers with PyTorch's conventions (so published hyperparameters mean the same here).
+pub mod base {
+    use super::*;
+
+    /// SGD as `torch.optim.SGD`: momentum with dampening 0 (Burn's default is 0.1), L2 weight
+    /// decay added to the gradient at the current weights, optional Nesterov.
+    pub fn sgd(momentum: f64, weight_decay: f64, nesterov: bool) -> Result<ModuleOptimizer, SharpnessError> {
+        check("momentum", momentum, (0.0..1.0).contains(&momentum), "a number in [0, 1)")?;
+        check_non_negative("weight_decay", weight_decay)?;
+        let momentum =
+            (momentum > 0.0).then(|| MomentumConfig::new().with_momentum(momentum).with_dampening(0.0).with_nesterov(nesterov));
+        let weight_decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
+        Ok(SgdConfig::new().with_momentum(momentum).with_weight_decay(weight_decay).init())
+    }
+
+    /// Adam as `torch.optim.Adam` (L2 weight decay in the gradient).
+    pub fn adam(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> Result<ModuleOptimizer, SharpnessError> {
+        check_betas(beta1, beta2, epsilon)?;
+        check_non_negative("weight_decay", weight_decay)?;
+        let weight_decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
+        Ok(AdamConfig::new()
+            .with_beta_1(beta1 as f32)
+            .with_beta_2(beta2 as f32)
+            .with_epsilon(epsilon as f32)
+            .with_weight_decay(weight_decay)
+            .init())
+    }
+
+    /// AdamW as `torch.optim.AdamW` (decoupled weight decay).
+    pub fn adamw(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> Result<ModuleOptimizer, SharpnessError> {
+        check_betas(beta1, beta2, epsilon)?;
+        check_non_negative("weight_decay", weight_decay)?;
+        Ok(AdamWConfig::new()
+            .with_beta_1(beta1 as f32)
+            .with_beta_2(beta2 as f32)
+            .with_epsilon(epsilon as f32)
+            .with_weight_decay(weight_decay as f32)
+            .init())
+    }
+
+    fn check_betas(beta1: f64, beta2: f64, epsilon: f64) -> Result<(), SharpnessError> {
+        check("beta1", beta1, (0.0..1.0).contains(&beta1), "a number in [0, 1)")?;
+        check("beta2", beta2, (0.0..1.0).contains(&beta2), "a number in [0, 1)")?;
+        check("epsilon", epsilon, epsilon.is_finite() && epsilon > 0.0, "a finite number > 0")
+    }
+}
+
+/// What one step did.
+#[derive(Clone, Debug)]
+pub struct StepOutput<M> {
+    /// The model after the base optimizer's step (BatchNorm statistics from pass 0 only).
+    pub model: M,
+    /// The batch loss at the unperturbed weights (pass 0).
+    pub loss: f64,
+    /// ‖g₀‖, the global gradient norm at the unperturbed weights.
+    pub grad_norm: f64,
+    /// The ρ used.
+    pub rho: f64,
+    /// Forward/backward passes run (1 for plain steps, 2 for the two-pass family, m+1 for the
+    /// universal class).
+    pub passes: usize,
+}
+
+/// A sharpness-aware optimizer: any [`GradientEstimator`] around any Burn optimizer.
+///
+/// One step: pass 0 at w on a fresh copy of the model (its BatchNorm running statistics are the
+/// only ones kept); the estimator asks an [`Oracle`] for (L, ∇L) at perturbed weights on the same
+/// batch, each on another fresh copy; the base optimizer steps **from w** with the estimated
+/// gradient. The caller's model is never modified, so every perturbation is undone exactly
+/// (bitwise), including for parameters that get no gradient in a later pass (peers.md B3, B8, B10).
+/// If any loss or gradient is NaN/∞ the step returns [`SharpnessError::NonFinite`] naming the
+/// step and pass, and the optimizer's state (base and estimator) is rolled back.
+pub struct SharpnessAware {
+    estimator: Box<dyn GradientEstimator>,
+    base: ModuleOptimizer,
+    rho: RhoSchedule,
+    step: u64,
+}
+
+impl SharpnessAware {
+    /// Wraps a base optimizer (see [`base`]) with an estimator and a ρ schedule.
+    pub fn new(estimator: impl GradientEstimator + 'static, base: ModuleOptimizer, rho: RhoSchedule) -> Self {
+        Self::from_boxed(Box::new(estimator), base, rho)
+    }
+
+    /// As [`SharpnessAware::new`] with a boxed estimator.
+    pub fn from_boxed(estimator: Box<dyn GradientEstimator>, base: ModuleOptimizer, rho: RhoSchedule) -> Self {
+        Self { estimator, base, rho, step: 0 }
+    }
+
+    /// The estimator's name.
+    pub fn name(&self) -> String {
+        self.estimator.name()
+    }
+
+    /// The number of steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// One sharpness-aware step on the batch that `objective` evaluates.
+    pub fn step<M: Module>(
+        &mut self,
+        model: &M,
+        lr: f64,
+        objective: &mut impl Objective<M>,
+    ) -> Result<StepOutput<M>, SharpnessError> {
+        let ctx = StepContext { step: self.step, rho: self.rho.rho(self.step, lr)?, lr };
+        let estimator_backup = self.estimator.clone_box();
+        let base_backup = self.base.clone();
+        match self.try_step(model, objective, &ctx) {
+            Ok(output) => {
+                self.step += 1;
+                Ok(output)
+            }
+            Err(error) => {
+                self.estimator = estimator_backup;
+                self.base = base_backup;
+                Err(error)
+            }
+        }
+    }
+
+    fn try_step<M: Module>(
+        &mut self,
+        model: &M,
+        objective: &mut impl Objective<M>,
+        ctx: &StepContext,
+    ) -> Result<StepOutput<M>, SharpnessError> {
+        // Pass 0 on a copy with its own BatchNorm state (a plain clone would share it).
+        let working = model.valid().train();
+        let at_weights = evaluate(&working, objective, ctx.step, 0)?;
+        if at_weights.grad.is_empty() {
+            return Err(SharpnessError::NoGradient { step: ctx.step });
+        }
+        let mut oracle = ModelOracle::new(model, &at_weights.grad, objective, ctx.step);
+        let grad = self.estimator.estimate(&at_weights, &mut oracle, ctx)?;
+        if !grad.all_finite() {
+            return Err(SharpnessError::NonFinite { step: ctx.step, pass: oracle.passes, what: "combined gradient" });
+        }
+        let passes = oracle.passes;
+        let stepped = self.base.step(ctx.lr, working, grad.to_gradients());
+        let mut after = ModelOracle::new(&stepped, &at_weights.grad, objective, ctx.step);
+        self.estimator.after_step(&mut after, ctx)?;
+        Ok(StepOutput { model: stepped, loss: at_weights.loss, grad_norm: at_weights.grad.norm(), rho: ctx.rho, passes })
+    }
+
+    /// The complete optimizer state (base optimizer, estimator, step counter) as bytes, so that a
+    /// resumed run continues bit-identically.
+    pub fn save_state(&self) -> Result<Vec<u8>, SharpnessError> {
+        let mut record = StateRecord::default();
+        record.integers.insert("step".into(), self.step);
+        record.blobs.insert("estimator".into(), self.estimator.save_state().to_bytes());
+        let base = self.base.into_bytes().map_err(|e| SharpnessError::State(format!("{e:?}")))?;
+        record.blobs.insert("base".into(), base.to_vec());
+        Ok(record.to_bytes())
+    }
+
+    /// Restores a state written by [`SharpnessAware::save_state`] (tensors are placed on `device`).
+    pub fn load_state(&mut self, bytes: &[u8], device: &Device) -> Result<(), SharpnessError> {
+        let record = StateRecord::from_bytes(bytes)?;
+        let blob = |name: &str| record.blobs.get(name).ok_or_else(|| SharpnessError::State(format!("missing `{name}`")));
+        let estimator_state = StateRecord::from_bytes(blob("estimator")?)?;
+        let base = self
+            .base
+            .clone()
+            .from_bytes(Bytes::from_bytes_vec(blob("base")?.clone()))
+            .map_err(|e| SharpnessError::State(format!("{e:?}")))?;
+        self.estimator.load_state(&estimator_state, device)?;
+        self.base = base;
+        self.step = record.integer("step")?;
+        Ok(())
+    }
+}
+
+/// Forward + backward of the objective on `model`, checked for NaN/∞.
+fn evaluate<M: Module>(
+    model: &M,
+    objective: &mut impl Objective<M>,
+    step: u64,
+    pass: usize,
+) -> Result<Evaluation, SharpnessError> {
+    let loss = objective.loss(model);
+    evaluate_loss(model, loss, step, pass)
+}
+
+fn evaluate_loss<M: Module>(model: &M, loss: Tensor<1>, step: u64, pass: usize) -> Result<Evaluation, SharpnessError> {
+    let value = loss.clone().inner().sum().into_scalar::<f64>();
+    if !value.is_finite() {
+        return Err(SharpnessError::NonFinite { step, pass, what: "loss" });
+    }
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let grad = ParamSet::from_gradients(model, &grads);
+    if !grad.all_finite() {
+        return Err(SharpnessError::NonFinite { step, pass, what: "gradient" });
+    }
+    Ok(Evaluation { loss: value, grad })
+}
+
+/// The [`Oracle`] of one step: evaluates the objective on fresh perturbed copies of `model`.
+struct ModelOracle<'a, M, O> {
+    model: &'a M,
+    weights: ParamSet,
+    objective: &'a mut O,
+    step: u64,
+    passes: usize,
+}
+
+impl<'a, M: Module, O: Objective<M>> ModelOracle<'a, M, O> {
+    fn new(model: &'a M, layout: &ParamSet, objective: &'a mut O, step: u64) -> Self {
+        Self { model, weights: ParamSet::weights_like(model, layout), objective, step, passes: 1 }
+    }
+
+    /// A gradient with the layout of `weights`: zeros where `grad` has none.
+    fn aligned(&self, grad: &ParamSet) -> ParamSet {
+        self.weights.map(|e| grad.get(e.id).map(|g| g.value.clone()).unwrap_or_else(|| e.value.zeros_like()))
+    }
+}
+
+impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
+    fn weights(&self) -> &ParamSet {
+        &self.weights
+    }
+
+    fn evaluate(&mut self, delta: &ParamSet) -> Result<Evaluation, SharpnessError> {
+        let perturbed = delta.add_to_module(self.model.valid()).train();
+        let evaluation = evaluate(&perturbed, self.objective, self.step, self.passes)?;
+        self.passes += 1;
+        Ok(Evaluation { loss: evaluation.loss, grad: self.aligned(&evaluation.grad) })
+    }
+
+    fn empirical_fisher(&mut self, num_samples: usize) -> Result<ParamSet, SharpnessError> {
+        let copy = self.model.valid().train();
+        let mut fisher = self.weights.zeros_like();
+        for draw in 0..num_samples {
+            let loss = self.objective.example_loss(&copy, draw).ok_or_else(|| {
+                SharpnessError::Unsupported(
+                    "this method needs per-example losses: implement Objective::example_loss".into(),
+                )
+            })?;
+            let grad = evaluate_loss(&copy, loss, self.step, self.passes)?.grad;
+            fisher = fisher.add(&self.aligned(&grad).map(|e| e.value.clone().square()));
+        }
+        Ok(fisher)
+    }
+}

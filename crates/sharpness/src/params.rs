@@ -1,0 +1,343 @@
+//! Parameters seen as one vector.
+//!
+//! Every rule in the SAM family needs *global* quantities — ‖g‖ over all parameters, gᵀd, elementwise
+//! products — while a Burn module stores its parameters as many tensors of different ranks. A
+//! [`ParamSet`] is the bridge: an ordered set of tensors keyed by [`ParamId`], each kept flat (rank 1)
+//! with its original shape, plus the few global operations the rules use. Norms and dot products are
+//! reduced per tensor and then summed across tensors with a single device read (spec §0: "norms are
+//! global").
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// One tensor of a [`ParamSet`]: a flattened value with the parameter's id, shape and module path.
+#[derive(Clone, Debug)]
+pub struct ParamTensor {
+    /// The id of the module parameter this tensor belongs to.
+    pub id: ParamId,
+    /// The module path of the parameter, e.g. `"fc1.weight"` or `"bn.gamma"`.
+    pub path: String,
+    /// The parameter's shape.
+    pub dims: Vec<usize>,
+    /// The values, flattened to rank 1, without autodiff.
+    pub value: Tensor<1>,
+}
+
+impl ParamTensor {
+    /// The last segment of the module path (the field name: `weight`, `bias`, `gamma`, …).
+    pub fn field_name(&self) -> &str {
+        self.path.rsplit('.').next().unwrap_or(&self.path)
+    }
+}
+
+/// An ordered set of flat tensors keyed by [`ParamId`]: gradients, weights or perturbations of a
+/// module, treated as one vector.
+///
+/// Binary operations require both sets to hold the same ids in the same order (which is the case
+/// for sets built from the same module); they panic otherwise, since that is a programming error.
+#[derive(Clone, Debug, Default)]
+pub struct ParamSet {
+    entries: Vec<ParamTensor>,
+    index: HashMap<ParamId, usize>,
+}
+
+impl ParamSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a set from entries (in the given order).
+    pub fn from_entries(entries: Vec<ParamTensor>) -> Self {
+        let index = entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+        Self { entries, index }
+    }
+
+    /// A set built from plain values (fresh ids), e.g. for tests and small problems: each item is
+    /// (path, shape, row-major values), stored as `f64` tensors on `device`.
+    pub fn from_values(device: &Device, tensors: &[(&str, &[usize], &[f64])]) -> Self {
+        let entries = tensors
+            .iter()
+            .map(|(path, dims, values)| {
+                assert_eq!(dims.iter().product::<usize>(), values.len(), "shape of `{path}`");
+                let data = TensorData::new(values.to_vec(), [values.len()]);
+                ParamTensor {
+                    id: ParamId::new(),
+                    path: path.to_string(),
+                    dims: dims.to_vec(),
+                    value: Tensor::from_data(data, (device, DType::F64)),
+                }
+            })
+            .collect();
+        Self::from_entries(entries)
+    }
+
+    /// The same layout (ids, shapes, paths) with new flat values (as `f64`, then cast to each
+    /// tensor's dtype).
+    pub fn with_values(&self, values: &[f64]) -> Self {
+        assert_eq!(values.len(), self.num_elements(), "number of values");
+        let mut offset = 0;
+        self.map(|e| {
+            let n = e.dims.iter().product::<usize>();
+            let data = TensorData::new(values[offset..offset + n].to_vec(), [n]);
+            offset += n;
+            Tensor::<1>::from_data(data, (&e.value.device(), DType::F64)).cast(e.value.dtype())
+        })
+    }
+
+    /// The gradients of `module`'s parameters present in `grads`, in module order.
+    pub fn from_gradients<M: Module>(module: &M, grads: &GradientsParams) -> Self {
+        let mut collector = Collector::new(Source::Gradients(grads));
+        module.visit(&mut collector);
+        Self::from_entries(collector.entries)
+    }
+
+    /// The current values (without autodiff) of the parameters of `module` whose ids are in
+    /// `like`, in module order.
+    pub fn weights_like<M: Module>(module: &M, like: &ParamSet) -> Self {
+        let mut collector = Collector::new(Source::WeightsLike(like));
+        module.visit(&mut collector);
+        Self::from_entries(collector.entries)
+    }
+
+    /// The current values of every parameter of `module` that requires a gradient.
+    pub fn trainable_weights<M: Module>(module: &M) -> Self {
+        let mut collector = Collector::new(Source::Weights);
+        module.visit(&mut collector);
+        Self::from_entries(collector.entries)
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the set holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total number of scalar coordinates.
+    pub fn num_elements(&self) -> usize {
+        self.entries.iter().map(|e| e.dims.iter().product::<usize>()).sum()
+    }
+
+    /// Whether a tensor with this id is in the set.
+    pub fn contains(&self, id: ParamId) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    /// The tensor with this id.
+    pub fn get(&self, id: ParamId) -> Option<&ParamTensor> {
+        self.index.get(&id).map(|&i| &self.entries[i])
+    }
+
+    /// The tensors in order.
+    pub fn iter(&self) -> impl Iterator<Item = &ParamTensor> {
+        self.entries.iter()
+    }
+
+    /// The ids in order.
+    pub fn ids(&self) -> impl Iterator<Item = ParamId> + '_ {
+        self.entries.iter().map(|e| e.id)
+    }
+
+    /// Applies `f` to every tensor (same ids, shapes and paths).
+    pub fn map(&self, mut f: impl FnMut(&ParamTensor) -> Tensor<1>) -> Self {
+        let entries = self.entries.iter().map(|e| ParamTensor { value: f(e), ..e.clone() }).collect();
+        Self { entries, index: self.index.clone() }
+    }
+
+    /// Combines two sets with the same layout tensor by tensor.
+    pub fn zip_map(&self, other: &ParamSet, mut f: impl FnMut(Tensor<1>, Tensor<1>) -> Tensor<1>) -> Self {
+        self.assert_same_layout(other);
+        self.map_indexed(|i, e| f(e.value.clone(), other.entries[i].value.clone()))
+    }
+
+    fn map_indexed(&self, mut f: impl FnMut(usize, &ParamTensor) -> Tensor<1>) -> Self {
+        let entries =
+            self.entries.iter().enumerate().map(|(i, e)| ParamTensor { value: f(i, e), ..e.clone() }).collect();
+        Self { entries, index: self.index.clone() }
+    }
+
+    fn assert_same_layout(&self, other: &ParamSet) {
+        assert!(
+            self.len() == other.len() && self.entries.iter().zip(&other.entries).all(|(a, b)| a.id == b.id),
+            "ParamSet layouts differ ({} vs {} tensors): sets must come from the same module",
+            self.len(),
+            other.len()
+        );
+    }
+
+    /// `a · x` for a scalar `a`.
+    pub fn scale(&self, a: f64) -> Self {
+        self.map(|e| e.value.clone().mul_scalar(a))
+    }
+
+    /// `self + other`.
+    pub fn add(&self, other: &ParamSet) -> Self {
+        self.zip_map(other, |a, b| a + b)
+    }
+
+    /// `self − other`.
+    pub fn sub(&self, other: &ParamSet) -> Self {
+        self.zip_map(other, |a, b| a - b)
+    }
+
+    /// Elementwise product `self ⊙ other`.
+    pub fn mul(&self, other: &ParamSet) -> Self {
+        self.zip_map(other, |a, b| a * b)
+    }
+
+    /// `self + a · other`.
+    pub fn add_scaled(&self, a: f64, other: &ParamSet) -> Self {
+        self.zip_map(other, |x, y| x + y.mul_scalar(a))
+    }
+
+    /// All zeros with the same layout.
+    pub fn zeros_like(&self) -> Self {
+        self.map(|e| e.value.zeros_like())
+    }
+
+    /// Global dot product Σ_p ⟨self_p, other_p⟩.
+    pub fn dot(&self, other: &ParamSet) -> f64 {
+        self.assert_same_layout(other);
+        sum_of_partials(self.entries.iter().zip(&other.entries).map(|(a, b)| (a.value.clone() * b.value.clone()).sum()))
+    }
+
+    /// Global squared Euclidean norm Σ_p ‖x_p‖².
+    pub fn squared_norm(&self) -> f64 {
+        sum_of_partials(self.entries.iter().map(|e| e.value.clone().square().sum()))
+    }
+
+    /// Global Euclidean norm.
+    pub fn norm(&self) -> f64 {
+        self.squared_norm().sqrt()
+    }
+
+    /// Whether every coordinate is finite. One global reduction: a NaN or ±∞ anywhere (or a sum
+    /// overflowing the float type, which only a useless gradient can cause) makes the sum
+    /// non-finite.
+    pub fn all_finite(&self) -> bool {
+        sum_of_partials(self.entries.iter().map(|e| e.value.clone().abs().sum())).is_finite()
+    }
+
+    /// The values of every tensor, concatenated in order, as `f64` (for tests and small problems).
+    pub fn to_vec(&self) -> Vec<f64> {
+        self.entries
+            .iter()
+            .flat_map(|e| e.value.to_data().convert::<f64>().try_into_vec::<f64>().expect("float tensor"))
+            .collect()
+    }
+
+    /// Converts to Burn's gradient container (original shapes), e.g. for a base optimizer step.
+    pub fn to_gradients(&self) -> GradientsParams {
+        let mut grads = GradientsParams::new();
+        for e in &self.entries {
+            register_reshaped(&mut grads, e);
+        }
+        grads
+    }
+
+    /// Returns `module` with `delta` added to the matching parameters (`w + δ`). Parameters not in
+    /// `delta` are left as they are. Works on modules with or without autodiff.
+    pub fn add_to_module<M: Module>(&self, module: M) -> M {
+        module.map(&mut AddDelta { delta: self })
+    }
+}
+
+/// Sums scalar tensors (one per parameter tensor) with a single read back from the device.
+fn sum_of_partials(partials: impl Iterator<Item = Tensor<1>>) -> f64 {
+    let partials: Vec<Tensor<1>> = partials.collect();
+    if partials.is_empty() {
+        return 0.0;
+    }
+    Tensor::cat(partials, 0).sum().into_scalar::<f64>()
+}
+
+fn register_reshaped(grads: &mut GradientsParams, e: &ParamTensor) {
+    macro_rules! by_rank {
+        ($($d:literal),*) => {
+            match e.dims.len() {
+                $($d => {
+                    let dims: [usize; $d] = e.dims.clone().try_into().expect("rank");
+                    grads.register::<$d>(e.id, e.value.clone().reshape(dims));
+                })*
+                r => panic!("unsupported parameter rank {r}"),
+            }
+        };
+    }
+    by_rank!(1, 2, 3, 4, 5, 6);
+}
+
+/// What a [`Collector`] takes from each trainable parameter.
+enum Source<'a> {
+    /// Its gradient, when it has one.
+    Gradients(&'a GradientsParams),
+    /// Its value, when its id is in the set.
+    WeightsLike(&'a ParamSet),
+    /// Its value.
+    Weights,
+}
+
+/// Visits a module and collects flat tensors of its trainable parameters.
+struct Collector<'a> {
+    source: Source<'a>,
+    path: Vec<String>,
+    entries: Vec<ParamTensor>,
+}
+
+impl<'a> Collector<'a> {
+    fn new(source: Source<'a>) -> Self {
+        Self { source, path: Vec::new(), entries: Vec::new() }
+    }
+}
+
+impl ModuleVisitor for Collector<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // Running statistics (BatchNorm) are visited as parameters too; they never require grad.
+        if !param.is_require_grad() {
+            return;
+        }
+        let picked: Option<Tensor<D>> = match self.source {
+            Source::Gradients(grads) => grads.get::<D>(param.id),
+            Source::WeightsLike(like) => like.contains(param.id).then(|| param.val().inner()),
+            Source::Weights => Some(param.val().inner()),
+        };
+        if let Some(value) = picked {
+            let dims = value.dims().to_vec();
+            let flat = value.reshape([dims.iter().product::<usize>()]);
+            self.entries.push(ParamTensor { id: param.id, path: self.path.join("."), dims, value: flat });
+        }
+    }
+}
+
+/// Maps a module to `w + δ` for the parameters present in `delta`.
+struct AddDelta<'a> {
+    delta: &'a ParamSet,
+}
+
+impl ModuleMapper for AddDelta<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(delta) = self.delta.get(param.id) else {
+            return param;
+        };
+        let (id, value, mapper) = param.consume();
+        let require_grad = value.is_require_grad();
+        let dims: [usize; D] = value.dims();
+        let shifted = value.inner() + delta.value.clone().reshape(dims);
+        let shifted = if require_grad { Tensor::from_inner(shifted).require_grad() } else { shifted };
+        Param::from_mapped_value(id, shifted, mapper)
+    }
+}

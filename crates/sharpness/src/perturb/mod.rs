@@ -1,0 +1,160 @@
+//! The two-pass family as **preconditioned perturbations** (preSAM, spec §8).
+//!
+//! Every two-pass method perturbs the weights by ε = ρ · d / ‖d‖_*, where the direction d is a
+//! preconditioner applied to the batch gradient g, and the normalisation says which ball ε lies
+//! on ([`Normalization`]):
+//!
+//! | method | form | d | ε |
+//! |---|---|---|---|
+//! | [`Sam`] | constraint, C = I | g | ρ g/‖g‖ |
+//! | [`Asam`] | constraint, C = T_w² | T_w² g | ρ T_w²g/‖T_w g‖ |
+//! | [`FisherSam`] | constraint, C = (I + η diag g²)⁻¹ | g/(1+ηg²) | ρ d/√(gᵀd) |
+//! | [`MongeSam`] | constraint, C = G⁻¹ = I − ggᵀ/(1+‖g‖²) | g/(1+‖g‖²) | ρ g/(‖g‖√(1+‖g‖²)) |
+//! | [`InfoSam`] | objective, P = diag(1/σ̂²) | g/σ̂² | ρ d/‖d‖ |
+//! | [`Ssam`] | gradient-normalised mask, P = diag(M) | M ⊙ g | ρ d/‖g‖ |
+//!
+//! A new geometry is one small [`Preconditioner`]; [`TwoPass`] turns any of them into a
+//! [`GradientEstimator`](crate::GradientEstimator): pass 1 at w (done by the optimizer), ε, pass 2
+//! at w + ε on the same batch, G = ∇L(w + ε).
+
+mod asam;
+mod fisher;
+mod infosam;
+mod monge;
+mod sam;
+mod ssam;
+
+pub use asam::{Asam, AsamScope};
+pub use fisher::FisherSam;
+pub use infosam::InfoSam;
+pub use monge::MongeSam;
+pub use sam::Sam;
+pub use ssam::Ssam;
+
+use burn::tensor::Device;
+
+use crate::error::SharpnessError;
+use crate::estimator::{Evaluation, GradientEstimator, Oracle, StateRecord, StepContext};
+use crate::params::ParamSet;
+
+/// The stabiliser ξ added to every normalising denominator (davda54/sam's 1e-12, spec §0), so a
+/// zero gradient gives the finite perturbation ε = 0.
+pub const XI: f64 = 1e-12;
+
+/// Which ball the perturbation lies on (preSAM's two places for a preconditioner, plus SSAM's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalization {
+    /// Constraint preconditioning (CP): max gᵀε s.t. εᵀC⁻¹ε ≤ ρ² ⇒ ε = ρ C g / √(gᵀ C g).
+    Constraint,
+    /// Objective preconditioning (OP): max (P g)ᵀε s.t. ‖ε‖ ≤ ρ ⇒ ε = ρ P g / ‖P g‖.
+    Objective,
+    /// ε = ρ P g / ‖g‖, as SSAM's reference code normalises its masked gradient (so ‖ε‖ ≤ ρ).
+    Gradient,
+}
+
+/// A preconditioner: the direction d (= C g or P g) of a two-pass perturbation.
+pub trait Preconditioner: Send + Sync {
+    /// A short name, e.g. `"msam"`.
+    fn name(&self) -> String;
+
+    /// How d is normalised to radius ρ.
+    fn normalization(&self) -> Normalization;
+
+    /// The direction d for gradient `g` at weights `w` (same layout). May read state; state that
+    /// depends on this step's gradient must only be committed in [`Preconditioner::commit`].
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet;
+
+    /// Commits state for this step (called only once the step has succeeded).
+    fn commit(&mut self, _g: &ParamSet) {}
+
+    /// Called after every successful step, e.g. to refresh SSAM's mask.
+    fn after_step(&mut self, _oracle: &mut dyn Oracle, _ctx: &StepContext) -> Result<(), SharpnessError> {
+        Ok(())
+    }
+
+    /// The preconditioner's state.
+    fn save_state(&self) -> StateRecord {
+        StateRecord::default()
+    }
+
+    /// Restores a state produced by [`Preconditioner::save_state`].
+    fn load_state(&mut self, _state: &StateRecord, _device: &Device) -> Result<(), SharpnessError> {
+        Ok(())
+    }
+}
+
+/// ε = ρ · d / norm for a preconditioner's direction d (see [`Normalization`]); ε = 0 when g = 0.
+pub fn perturbation(normalization: Normalization, rho: f64, g: &ParamSet, d: &ParamSet) -> ParamSet {
+    let norm = match normalization {
+        Normalization::Constraint => g.dot(d).max(0.0).sqrt(),
+        Normalization::Objective => d.norm(),
+        Normalization::Gradient => g.norm(),
+    };
+    d.scale(rho / (norm + XI))
+}
+
+/// Any [`Preconditioner`] as a two-pass [`GradientEstimator`]: G = ∇L(w + ε(g, w)).
+///
+/// With ρ = 0, or when ε is exactly zero (a zero gradient), the second pass would reproduce g, so
+/// it is skipped and G = g: the step is then bit-identical to the base optimizer's.
+#[derive(Clone, Debug)]
+pub struct TwoPass<P> {
+    preconditioner: P,
+}
+
+impl<P: Preconditioner> TwoPass<P> {
+    /// Wraps a preconditioner.
+    pub fn new(preconditioner: P) -> Self {
+        Self { preconditioner }
+    }
+
+    /// The wrapped preconditioner.
+    pub fn preconditioner(&self) -> &P {
+        &self.preconditioner
+    }
+
+    /// The perturbation this estimator would apply for gradient `g` at weights `w`.
+    pub fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        let d = self.preconditioner.direction(g, w);
+        perturbation(self.preconditioner.normalization(), rho, g, &d)
+    }
+}
+
+impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
+    fn name(&self) -> String {
+        self.preconditioner.name()
+    }
+
+    fn estimate(
+        &mut self,
+        at_weights: &Evaluation,
+        oracle: &mut dyn Oracle,
+        ctx: &StepContext,
+    ) -> Result<ParamSet, SharpnessError> {
+        let g = &at_weights.grad;
+        let grad = if ctx.rho == 0.0 {
+            g.clone()
+        } else {
+            let epsilon = self.perturbation(ctx.rho, g, oracle.weights());
+            if epsilon.squared_norm() == 0.0 { g.clone() } else { oracle.evaluate(&epsilon)?.grad }
+        };
+        self.preconditioner.commit(g);
+        Ok(grad)
+    }
+
+    fn after_step(&mut self, oracle: &mut dyn Oracle, ctx: &StepContext) -> Result<(), SharpnessError> {
+        self.preconditioner.after_step(oracle, ctx)
+    }
+
+    fn save_state(&self) -> StateRecord {
+        self.preconditioner.save_state()
+    }
+
+    fn load_state(&mut self, state: &StateRecord, device: &Device) -> Result<(), SharpnessError> {
+        self.preconditioner.load_state(state, device)
+    }
+
+    fn clone_box(&self) -> Box<dyn GradientEstimator> {
+        Box::new(self.clone())
+    }
+}

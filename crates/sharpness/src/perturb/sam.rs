@@ -1,0 +1,30 @@
+//! SAM (Foret et al., ICLR 2021; spec §1).
+
+use super::{Normalization, Preconditioner};
+use crate::params::ParamSet;
+
+/// SAM: ε = ρ g / (‖g‖ + ξ), the first-order solution of max_{‖ε‖≤ρ} L(w + ε), with the norm taken
+/// globally over all parameter tensors. As a preconditioner: constraint form with C = I.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sam;
+
+impl Sam {
+    /// SAM has no hyperparameter besides ρ (which comes from the optimizer's schedule).
+    pub fn new() -> Self {
+        Sam
+    }
+}
+
+impl Preconditioner for Sam {
+    fn name(&self) -> String {
+        "sam".into()
+    }
+
+    fn normalization(&self) -> Normalization {
+        Normalization::Constraint
+    }
+
+    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+        g.clone()
+    }
+}
