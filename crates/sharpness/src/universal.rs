@@ -34,7 +34,11 @@ pub trait Functional: Send + Sync {
         1
     }
 
-    /// cᵢ for the differences Δᵢ and strength λ.
+    /// The sample regulariser R̂ = φ(Ψ̄) for the differences Δᵢ (its expectation is the sharpness
+    /// measure, up to the constants stated on each functional).
+    fn value(&self, deltas: &[f64]) -> f64;
+
+    /// cᵢ = λ ∂R̂/∂Δᵢ for the differences Δᵢ and strength λ.
     fn weights(&self, deltas: &[f64], lambda: f64) -> Vec<f64>;
 }
 
@@ -44,6 +48,8 @@ pub trait Functional: Send + Sync {
 pub struct GeneralFunctional {
     /// A short name.
     pub name: String,
+    /// φ(Ψ̄).
+    pub phi: fn(&[f64]) -> f64,
     /// ψ_k(t), k = 0..r.
     pub psi: Vec<fn(f64) -> f64>,
     /// ψ_k′(t), k = 0..r.
@@ -52,15 +58,25 @@ pub struct GeneralFunctional {
     pub phi_gradient: fn(&[f64]) -> Vec<f64>,
 }
 
+impl GeneralFunctional {
+    fn psi_bar(&self, deltas: &[f64]) -> Vec<f64> {
+        let m = deltas.len() as f64;
+        self.psi.iter().map(|psi| deltas.iter().map(|&d| psi(d)).sum::<f64>() / m).collect()
+    }
+}
+
 impl Functional for GeneralFunctional {
     fn name(&self) -> String {
         self.name.clone()
     }
 
+    fn value(&self, deltas: &[f64]) -> f64 {
+        (self.phi)(&self.psi_bar(deltas))
+    }
+
     fn weights(&self, deltas: &[f64], lambda: f64) -> Vec<f64> {
         let m = deltas.len() as f64;
-        let psi_bar: Vec<f64> = self.psi.iter().map(|psi| deltas.iter().map(|&d| psi(d)).sum::<f64>() / m).collect();
-        let dphi = (self.phi_gradient)(&psi_bar);
+        let dphi = (self.phi_gradient)(&self.psi_bar(deltas));
         deltas
             .iter()
             .map(|&d| lambda / m * dphi.iter().zip(&self.psi_prime).map(|(dp, psi_p)| dp * psi_p(d)).sum::<f64>())
@@ -76,6 +92,10 @@ pub struct TraceFunctional;
 impl Functional for TraceFunctional {
     fn name(&self) -> String {
         "trace-sam".into()
+    }
+
+    fn value(&self, deltas: &[f64]) -> f64 {
+        deltas.iter().sum::<f64>() / deltas.len() as f64
     }
 
     fn weights(&self, deltas: &[f64], lambda: f64) -> Vec<f64> {
@@ -99,6 +119,13 @@ impl Functional for FrobeniusFunctional {
         2
     }
 
+    /// ½ × the unbiased sample variance of Δ.
+    fn value(&self, deltas: &[f64]) -> f64 {
+        let m = deltas.len() as f64;
+        let mean = deltas.iter().sum::<f64>() / m;
+        0.5 * deltas.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (m - 1.0)
+    }
+
     fn weights(&self, deltas: &[f64], lambda: f64) -> Vec<f64> {
         let m = deltas.len() as f64;
         let mean = deltas.iter().sum::<f64>() / m;
@@ -117,6 +144,13 @@ pub struct DeterminantFunctional;
 impl Functional for DeterminantFunctional {
     fn name(&self) -> String {
         "det-sam".into()
+    }
+
+    /// c̄⁻², c̄ = (1/m)Σ e^{−Δᵢ/2}.
+    fn value(&self, deltas: &[f64]) -> f64 {
+        let m = deltas.len() as f64;
+        let mean = deltas.iter().map(|d| (-d / 2.0).exp()).sum::<f64>() / m;
+        mean.powi(-2)
     }
 
     fn weights(&self, deltas: &[f64], lambda: f64) -> Vec<f64> {
