@@ -1,5 +1,7 @@
 //! infoSAM (Zhang, Li & Giannakis, ICASSP 2025; spec §8) — a documented reconstruction.
 
+use std::sync::Mutex;
+
 use burn::tensor::Device;
 
 use super::{Normalization, Preconditioner};
@@ -20,11 +22,19 @@ use crate::params::ParamSet;
 /// an objective-preconditioned perturbation with P = diag(1/(σ̂² + δ)). Choices made here [INFER]:
 /// the first step is plain SAM (the draft sets σ̂² = 1 there); the damping δ (default 1e-8) keeps
 /// coordinates with σ̂² = 0 finite (the draft divides by zero); α defaults to 0.9.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct InfoSam {
     alpha: f64,
     damping: f64,
     mean: Option<ParamSet>,
+    /// m_t computed by `direction`, kept until `commit` (so it is computed once per step).
+    pending: Mutex<Option<ParamSet>>,
+}
+
+impl Clone for InfoSam {
+    fn clone(&self) -> Self {
+        Self { alpha: self.alpha, damping: self.damping, mean: self.mean.clone(), pending: Mutex::new(None) }
+    }
 }
 
 impl InfoSam {
@@ -37,7 +47,7 @@ impl InfoSam {
     pub fn new(alpha: f64, damping: f64) -> Result<Self, SharpnessError> {
         check("alpha", alpha, (0.0..1.0).contains(&alpha), "a number in [0, 1)")?;
         check("damping", damping, damping.is_finite() && damping > 0.0, "a finite number > 0")?;
-        Ok(Self { alpha, damping, mean: None })
+        Ok(Self { alpha, damping, mean: None, pending: Mutex::new(None) })
     }
 
     /// The gradient moving average m_t after this step's gradient `g`.
@@ -48,7 +58,7 @@ impl InfoSam {
 
 impl Default for InfoSam {
     fn default() -> Self {
-        Self { alpha: Self::DEFAULT_ALPHA, damping: Self::DEFAULT_DAMPING, mean: None }
+        Self { alpha: Self::DEFAULT_ALPHA, damping: Self::DEFAULT_DAMPING, mean: None, pending: Mutex::new(None) }
     }
 }
 
@@ -66,13 +76,16 @@ impl Preconditioner for InfoSam {
             None => g.clone(),
             Some(m) => {
                 let damping = self.damping;
-                g.zip_map(&m, |g, m| g.clone() / (m - g).square().add_scalar(damping))
+                let d = g.zip_map(&m, |g, m| g.clone() / (m - g).square().add_scalar(damping));
+                *self.pending.lock().expect("infoSAM state") = Some(m);
+                d
             }
         }
     }
 
     fn commit(&mut self, g: &ParamSet) {
-        self.mean = Some(self.updated_mean(g).unwrap_or_else(|| g.clone()));
+        let pending = self.pending.get_mut().expect("infoSAM state").take();
+        self.mean = Some(pending.or_else(|| self.updated_mean(g)).unwrap_or_else(|| g.clone()));
     }
 
     fn save_state(&self) -> StateRecord {
