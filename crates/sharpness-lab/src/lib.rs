@@ -1,3 +1,9 @@
 //! `sharpness-lab`: experiments, data, models and reports for the `sharpness` library.
 pub mod data;
+pub mod experiments;
 pub mod methods;
+pub mod models;
+pub mod report;
+pub mod reproduce;
+pub mod toys;
+pub mod train;

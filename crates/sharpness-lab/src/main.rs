@@ -1,2 +1,55 @@
-//! `sharpness-lab`: reproduce the SAM-family papers' experiments.
-fn main() {}
+//! `sharpness-lab`: reproduce the SAM-family papers' experiments with the `sharpness` library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Experiments, data and reports for sharpness-aware minimization.
+#[derive(Parser)]
+#[command(name = "sharpness-lab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // CLI-COMMANDS (one variant per subcommand; keep this marker)
+    /// Explicit-bias experiment (universal SAM Fig. 2): ‖∇²L‖²_F and tr ∇²L while Frob-/Trace-SAM train an MNIST MLP.
+    Bias(sharpness_lab::experiments::bias::BiasArgs),
+    /// Train a network with any method (progress bar, CSV/JSON metrics, checkpoints, --resume).
+    Train(Box<sharpness_lab::train::cli::TrainArgs>),
+    /// The comparison table (Tables 2–3 protocol on MNIST/Fashion-MNIST × full/-S/-C).
+    Table(sharpness_lab::train::cli::TableArgs),
+    /// Data set-up: fetch or verify MNIST and Fashion-MNIST in the cache.
+    Data {
+        #[command(subcommand)]
+        command: sharpness_lab::train::cli::DataCommand,
+    },
+    /// Training throughput (examples/s) of SGD and each SAM-family method.
+    Bench(sharpness_lab::train::cli::BenchArgs),
+    /// Toy landscapes (Monge SAM Figures 1-5): single runs, grids, stability matrices.
+    Toy {
+        #[command(subcommand)]
+        command: sharpness_lab::toys::cli::ToyCommand,
+    },
+    /// Run every lab experiment into a results directory with figures, data and report.md.
+    Reproduce(sharpness_lab::reproduce::ReproduceArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        // CLI-DISPATCH (one arm per subcommand; keep this marker)
+        Command::Bias(args) => sharpness_lab::experiments::bias::cli(args),
+        Command::Train(args) => sharpness_lab::train::cli::train(*args),
+        Command::Table(args) => sharpness_lab::train::cli::table(args),
+        Command::Data { command } => sharpness_lab::train::cli::data(command),
+        Command::Bench(args) => sharpness_lab::train::cli::bench(args),
+        Command::Toy { command } => {
+            sharpness_lab::report::exit_on_error(sharpness_lab::toys::cli::run(command))
+        }
+        Command::Reproduce(args) => {
+            sharpness_lab::report::exit_on_error(sharpness_lab::reproduce::run(&args))
+        }
+    }
+}

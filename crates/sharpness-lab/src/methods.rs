@@ -115,7 +115,10 @@ impl FromStr for Method {
             Some(m) => Ok(*m),
             None => {
                 let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                bail!("unknown method `{s}` (expected one of: {})", names.join(", "))
+                bail!(
+                    "unknown method `{s}` (expected one of: {})",
+                    names.join(", ")
+                )
             }
         }
     }
@@ -123,6 +126,7 @@ impl FromStr for Method {
 
 /// Hyperparameters other than ρ and the learning rate; unset flags take the library defaults.
 #[derive(Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct MethodParams {
     /// η of ASAM (T = |w| + η) and Fisher SAM (F = I + η g²). Default: ASAM 0.01, Fisher 1.0.
     #[arg(long)]
@@ -189,17 +193,43 @@ pub fn estimator(method: Method, params: &MethodParams) -> Result<Box<dyn Gradie
         Method::Sam => Box::new(TwoPass::new(Sam)),
         Method::Msam => Box::new(TwoPass::new(MongeSam)),
         Method::Asam => {
-            let scope = if params.asam_all_tensors { AsamScope::All } else { AsamScope::Weights };
-            Box::new(TwoPass::new(Asam::new(params.eta.unwrap_or(Asam::DEFAULT_ETA), scope)?))
+            let scope = if params.asam_all_tensors {
+                AsamScope::All
+            } else {
+                AsamScope::Weights
+            };
+            Box::new(TwoPass::new(Asam::new(
+                params.eta.unwrap_or(Asam::DEFAULT_ETA),
+                scope,
+            )?))
         }
-        Method::Fisher => Box::new(TwoPass::new(FisherSam::new(params.eta.unwrap_or(FisherSam::DEFAULT_ETA))?)),
-        Method::Ssam => Box::new(TwoPass::new(Ssam::new(params.sparsity, params.num_samples, params.refresh_every)?)),
+        Method::Fisher => Box::new(TwoPass::new(FisherSam::new(
+            params.eta.unwrap_or(FisherSam::DEFAULT_ETA),
+        )?)),
+        Method::Ssam => Box::new(TwoPass::new(Ssam::new(
+            params.sparsity,
+            params.num_samples,
+            params.refresh_every,
+        )?)),
         Method::Infosam => Box::new(TwoPass::new(InfoSam::new(params.alpha, params.damping)?)),
         Method::TraceSam => {
-            let sampler = if params.trace_gaussian { Sampler::Gaussian } else { Sampler::Sphere };
-            Box::new(universal::trace_sam(params.lambda, params.samples.unwrap_or(1), sampler, params.sampler_seed)?)
+            let sampler = if params.trace_gaussian {
+                Sampler::Gaussian
+            } else {
+                Sampler::Sphere
+            };
+            Box::new(universal::trace_sam(
+                params.lambda,
+                params.samples.unwrap_or(1),
+                sampler,
+                params.sampler_seed,
+            )?)
         }
-        Method::FrobSam => Box::new(universal::frob_sam(params.lambda, params.samples.unwrap_or(2), params.sampler_seed)?),
+        Method::FrobSam => Box::new(universal::frob_sam(
+            params.lambda,
+            params.samples.unwrap_or(2),
+            params.sampler_seed,
+        )?),
         Method::DetSam => Box::new(universal::det_sam(
             params.lambda,
             params.samples.unwrap_or(1),
@@ -218,7 +248,13 @@ mod tests {
     fn names_round_trip_and_unknown_names_are_rejected() {
         for m in Method::ALL {
             assert_eq!(m.name().parse::<Method>().unwrap(), m);
-            assert_eq!(estimator(m, &MethodParams::default()).unwrap().name().replace("sgd", "gd"), m.name());
+            assert_eq!(
+                estimator(m, &MethodParams::default())
+                    .unwrap()
+                    .name()
+                    .replace("sgd", "gd"),
+                m.name()
+            );
         }
         assert_eq!("SGD".parse::<Method>().unwrap(), Method::Gd);
         let err = "adamsam".parse::<Method>().unwrap_err().to_string();
@@ -227,8 +263,14 @@ mod tests {
 
     #[test]
     fn invalid_hyperparameters_are_reported() {
-        let params = MethodParams { samples: Some(1), ..MethodParams::default() };
-        let err = estimator(Method::FrobSam, &params).err().unwrap().to_string();
+        let params = MethodParams {
+            samples: Some(1),
+            ..MethodParams::default()
+        };
+        let err = estimator(Method::FrobSam, &params)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("samples"), "{err}");
     }
 }

@@ -35,7 +35,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.fc3.forward(self.relu.forward(self.fc2.forward(self.relu.forward(self.fc1.forward(x)))))
+        self.fc3.forward(
+            self.relu
+                .forward(self.fc2.forward(self.relu.forward(self.fc1.forward(x)))),
+        )
     }
 }
 
@@ -49,8 +52,15 @@ fn setup() -> Setup {
     let device = Device::flex().autodiff();
     device.seed(0);
     let x = Tensor::<2>::random([128, 784], Distribution::Normal(0.0, 1.0), &device);
-    let y = Tensor::<1, Int>::from_ints((0..128).map(|i| i % 10).collect::<Vec<i64>>().as_slice(), &device);
-    Setup { model: Mlp::new(&device), x, y }
+    let y = Tensor::<1, Int>::from_ints(
+        (0..128).map(|i| i % 10).collect::<Vec<i64>>().as_slice(),
+        &device,
+    );
+    Setup {
+        model: Mlp::new(&device),
+        x,
+        y,
+    }
 }
 
 struct Batch<'a>(&'a Setup);
@@ -58,13 +68,19 @@ struct Batch<'a>(&'a Setup);
 impl sharpness::Objective<Mlp> for Batch<'_> {
     fn loss(&mut self, m: &Mlp) -> Tensor<1> {
         let logits = m.forward(self.0.x.clone());
-        CrossEntropyLossConfig::new().init(&logits.device()).forward(logits, self.0.y.clone())
+        CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits, self.0.y.clone())
     }
 
     fn example_loss(&mut self, m: &Mlp, draw: usize) -> Option<Tensor<1>> {
         let i = draw % 128;
         let logits = m.forward(self.0.x.clone().slice([i..i + 1]));
-        Some(CrossEntropyLossConfig::new().init(&logits.device()).forward(logits, self.0.y.clone().slice([i..i + 1])))
+        Some(
+            CrossEntropyLossConfig::new()
+                .init(&logits.device())
+                .forward(logits, self.0.y.clone().slice([i..i + 1])),
+        )
     }
 }
 
@@ -76,13 +92,20 @@ fn methods() -> Vec<(&'static str, Box<dyn GradientEstimator>)> {
         ("fisher", Box::new(TwoPass::new(FisherSam::default()))),
         ("msam", Box::new(TwoPass::new(MongeSam))),
         // SSAM's mask refresh (16 single-example passes) runs once per epoch; here every 1000 steps.
-        ("ssam", Box::new(TwoPass::new(Ssam::new(0.5, 16, 1000).unwrap()))),
+        (
+            "ssam",
+            Box::new(TwoPass::new(Ssam::new(0.5, 16, 1000).unwrap())),
+        ),
         ("infosam", Box::new(TwoPass::new(InfoSam::default()))),
     ]
 }
 
 fn optimizer(estimator: Box<dyn GradientEstimator>) -> SharpnessAware {
-    SharpnessAware::from_boxed(estimator, base::sgd(0.9, 5e-4, false).unwrap(), RhoSchedule::constant(0.05).unwrap())
+    SharpnessAware::from_boxed(
+        estimator,
+        base::sgd(0.9, 5e-4, false).unwrap(),
+        RhoSchedule::constant(0.05).unwrap(),
+    )
 }
 
 /// Median seconds of `iters` calls after `warmup` calls.
@@ -104,7 +127,9 @@ fn median(mut f: impl FnMut(), warmup: usize, iters: usize) -> f64 {
 fn bench_steps(c: &mut Criterion) {
     let s = setup();
     let mut group = c.benchmark_group("step_mlp_784_512_512_10_b128");
-    group.measurement_time(Duration::from_secs(3)).sample_size(20);
+    group
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
     for (name, estimator) in methods() {
         let mut opt = optimizer(estimator);
         let mut model = s.model.clone();
@@ -120,7 +145,11 @@ fn ratio_table() {
     let steps = |estimator: Box<dyn GradientEstimator>| {
         let mut opt = optimizer(estimator);
         let mut model = s.model.clone();
-        median(|| model = opt.step(&model, 0.01, &mut Batch(&s)).unwrap().model, 5, 31)
+        median(
+            || model = opt.step(&model, 0.01, &mut Batch(&s)).unwrap().model,
+            5,
+            31,
+        )
     };
     let base = steps(Box::new(Plain));
     // The perturbation alone: ε from a real gradient and weights.
@@ -133,7 +162,13 @@ fn ratio_table() {
     for (name, estimator) in methods().into_iter().skip(1) {
         let t = steps(estimator);
         let eps = perturbation_time(name, &g, &w);
-        println!("{name:9} {:9.2}  {:12.2}  {:17.3}  {:17.1}%", t * 1e3, t / base, eps * 1e3, 100.0 * eps / t);
+        println!(
+            "{name:9} {:9.2}  {:12.2}  {:17.3}  {:17.1}%",
+            t * 1e3,
+            t / base,
+            eps * 1e3,
+            100.0 * eps / t
+        );
     }
 }
 

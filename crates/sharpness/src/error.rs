@@ -17,7 +17,9 @@ pub enum SharpnessError {
     },
     /// The loss or a gradient was NaN or infinite. The model and all optimizer state are left
     /// as they were before the step.
-    #[error("step {step}: non-finite {what} in pass {pass} (model and optimizer state left unchanged)")]
+    #[error(
+        "step {step}: non-finite {what} in pass {pass} (model and optimizer state left unchanged)"
+    )]
     NonFinite {
         /// The optimizer step (0-based) in which it happened.
         step: u64,
@@ -50,11 +52,20 @@ pub(crate) fn check(
     if valid {
         Ok(())
     } else {
-        Err(SharpnessError::InvalidHyperparameter { name, value: format!("{value}"), expected })
+        Err(SharpnessError::InvalidHyperparameter {
+            name,
+            value: format!("{value}"),
+            expected,
+        })
     }
 }
 
 /// ρ ≥ 0 and finite.
 pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<(), SharpnessError> {
-    check(name, value, value.is_finite() && value >= 0.0, "a finite number ≥ 0")
+    check(
+        name,
+        value,
+        value.is_finite() && value >= 0.0,
+        "a finite number ≥ 0",
+    )
 }

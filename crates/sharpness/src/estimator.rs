@@ -80,7 +80,11 @@ pub trait GradientEstimator: Send + Sync {
     ) -> Result<ParamSet, SharpnessError>;
 
     /// Called after a successful base step (for schedules such as SSAM's mask refresh).
-    fn after_step(&mut self, _oracle: &mut dyn Oracle, _ctx: &StepContext) -> Result<(), SharpnessError> {
+    fn after_step(
+        &mut self,
+        _oracle: &mut dyn Oracle,
+        _ctx: &StepContext,
+    ) -> Result<(), SharpnessError> {
         Ok(())
     }
 
@@ -113,7 +117,12 @@ impl GradientEstimator for Plain {
         "sgd".into()
     }
 
-    fn estimate(&mut self, at_weights: &Evaluation, _: &mut dyn Oracle, _: &StepContext) -> Result<ParamSet, SharpnessError> {
+    fn estimate(
+        &mut self,
+        at_weights: &Evaluation,
+        _: &mut dyn Oracle,
+        _: &StepContext,
+    ) -> Result<ParamSet, SharpnessError> {
         Ok(at_weights.grad.clone())
     }
 
@@ -167,7 +176,10 @@ impl StateRecord {
                     path: e.path.clone(),
                     dims: e.dims.clone(),
                     is_f64: data.dtype() == DType::F64,
-                    values: data.convert::<f64>().try_into_vec::<f64>().expect("float tensor"),
+                    values: data
+                        .convert::<f64>()
+                        .try_into_vec::<f64>()
+                        .expect("float tensor"),
                 }
             })
             .collect();
@@ -176,18 +188,29 @@ impl StateRecord {
 
     /// Reads back a parameter set stored under `name`, on `device`.
     pub fn get_set(&self, name: &str, device: &Device) -> Result<ParamSet, SharpnessError> {
-        let stored = self.sets.get(name).ok_or_else(|| SharpnessError::State(format!("missing tensor set `{name}`")))?;
+        let stored = self
+            .sets
+            .get(name)
+            .ok_or_else(|| SharpnessError::State(format!("missing tensor set `{name}`")))?;
         let entries = stored
             .iter()
             .map(|t| {
                 let n = t.values.len();
                 let value = if t.is_f64 {
-                    Tensor::<1>::from_data(TensorData::new(t.values.clone(), [n]), (device, DType::F64))
+                    Tensor::<1>::from_data(
+                        TensorData::new(t.values.clone(), [n]),
+                        (device, DType::F64),
+                    )
                 } else {
                     let values: Vec<f32> = t.values.iter().map(|&v| v as f32).collect();
                     Tensor::<1>::from_data(TensorData::new(values, [n]), (device, DType::F32))
                 };
-                ParamTensor { id: ParamId::from(t.param_id), path: t.path.clone(), dims: t.dims.clone(), value }
+                ParamTensor {
+                    id: ParamId::from(t.param_id),
+                    path: t.path.clone(),
+                    dims: t.dims.clone(),
+                    value,
+                }
             })
             .collect();
         Ok(ParamSet::from_entries(entries))
@@ -195,12 +218,18 @@ impl StateRecord {
 
     /// Reads an integer.
     pub fn integer(&self, name: &str) -> Result<u64, SharpnessError> {
-        self.integers.get(name).copied().ok_or_else(|| SharpnessError::State(format!("missing integer `{name}`")))
+        self.integers
+            .get(name)
+            .copied()
+            .ok_or_else(|| SharpnessError::State(format!("missing integer `{name}`")))
     }
 
     /// Reads a scalar.
     pub fn scalar(&self, name: &str) -> Result<f64, SharpnessError> {
-        self.scalars.get(name).copied().ok_or_else(|| SharpnessError::State(format!("missing scalar `{name}`")))
+        self.scalars
+            .get(name)
+            .copied()
+            .ok_or_else(|| SharpnessError::State(format!("missing scalar `{name}`")))
     }
 
     /// Encodes the record (little-endian, self-describing, exact).
@@ -249,12 +278,16 @@ impl StateRecord {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SharpnessError> {
         let mut r = Reader { bytes, pos: 0 };
         if r.take(8)? != STATE_MAGIC {
-            return Err(SharpnessError::State("not a sharpness state record (bad magic at offset 0)".into()));
+            return Err(SharpnessError::State(
+                "not a sharpness state record (bad magic at offset 0)".into(),
+            ));
         }
         let mut record = StateRecord::default();
         for _ in 0..r.count()? {
             let k = r.string()?;
-            record.scalars.insert(k, f64::from_le_bytes(r.take(8)?.try_into().unwrap()));
+            record
+                .scalars
+                .insert(k, f64::from_le_bytes(r.take(8)?.try_into().unwrap()));
         }
         for _ in 0..r.count()? {
             let k = r.string()?;
@@ -272,15 +305,29 @@ impl StateRecord {
                 let param_id = r.u64()?;
                 let path = r.string()?;
                 let rank = r.count()?;
-                let dims = (0..rank).map(|_| r.count()).collect::<Result<Vec<_>, _>>()?;
+                let dims = (0..rank)
+                    .map(|_| r.count())
+                    .collect::<Result<Vec<_>, _>>()?;
                 let is_f64 = r.take(1)?[0] == 1;
                 let n = r.count()?;
                 if n != dims.iter().product::<usize>() {
                     return Err(r.error("tensor length does not match its shape"));
                 }
-                let raw = r.take(n.checked_mul(8).ok_or_else(|| r.error("tensor too large"))?)?;
-                let values = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-                tensors.push(StoredTensor { param_id, path, dims, is_f64, values });
+                let raw = r.take(
+                    n.checked_mul(8)
+                        .ok_or_else(|| r.error("tensor too large"))?,
+                )?;
+                let values = raw
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                tensors.push(StoredTensor {
+                    param_id,
+                    path,
+                    dims,
+                    is_f64,
+                    values,
+                });
             }
             record.sets.insert(k, tensors);
         }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::optim::{
-    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig,
-    decay::WeightDecayConfig, momentum::MomentumConfig,
+    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
+    momentum::MomentumConfig,
 };
 use burn::tensor::{Bytes, Device, Tensor};
 
@@ -61,8 +61,16 @@ impl std::fmt::Debug for RhoSchedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Constant(rho) => write!(f, "Constant({rho})"),
-            Self::ProportionalToLr { rho_min, rho_max, lr_min, lr_max } => {
-                write!(f, "ProportionalToLr {{ rho: {rho_min}..{rho_max}, lr: {lr_min}..{lr_max} }}")
+            Self::ProportionalToLr {
+                rho_min,
+                rho_max,
+                lr_min,
+                lr_max,
+            } => {
+                write!(
+                    f,
+                    "ProportionalToLr {{ rho: {rho_min}..{rho_max}, lr: {lr_min}..{lr_max} }}"
+                )
             }
             Self::Custom(_) => write!(f, "Custom(..)"),
         }
@@ -77,12 +85,27 @@ impl RhoSchedule {
     }
 
     /// ρ proportional to the learning rate (see [`RhoSchedule::ProportionalToLr`]).
-    pub fn proportional_to_lr(rho_min: f64, rho_max: f64, lr_min: f64, lr_max: f64) -> Result<Self, SharpnessError> {
+    pub fn proportional_to_lr(
+        rho_min: f64,
+        rho_max: f64,
+        lr_min: f64,
+        lr_max: f64,
+    ) -> Result<Self, SharpnessError> {
         check_non_negative("rho_min", rho_min)?;
         check_non_negative("rho_max", rho_max)?;
         check_non_negative("lr_min", lr_min)?;
-        check("lr_max", lr_max, lr_max.is_finite() && lr_max > lr_min, "a finite number > lr_min")?;
-        Ok(Self::ProportionalToLr { rho_min, rho_max, lr_min, lr_max })
+        check(
+            "lr_max",
+            lr_max,
+            lr_max.is_finite() && lr_max > lr_min,
+            "a finite number > lr_min",
+        )?;
+        Ok(Self::ProportionalToLr {
+            rho_min,
+            rho_max,
+            lr_min,
+            lr_max,
+        })
     }
 
     /// A user-supplied ρ(step, lr).
@@ -94,7 +117,12 @@ impl RhoSchedule {
     pub fn rho(&self, step: u64, lr: f64) -> Result<f64, SharpnessError> {
         let rho = match self {
             Self::Constant(rho) => *rho,
-            Self::ProportionalToLr { rho_min, rho_max, lr_min, lr_max } => {
+            Self::ProportionalToLr {
+                rho_min,
+                rho_max,
+                lr_min,
+                lr_max,
+            } => {
                 let t = (lr.clamp(*lr_min, *lr_max) - lr_min) / (lr_max - lr_min);
                 rho_min + (rho_max - rho_min) * t
             }
@@ -111,20 +139,43 @@ pub mod base {
 
     /// SGD as `torch.optim.SGD`: momentum with dampening 0 (Burn's default is 0.1), L2 weight
     /// decay added to the gradient at the current weights, optional Nesterov.
-    pub fn sgd(momentum: f64, weight_decay: f64, nesterov: bool) -> Result<ModuleOptimizer, SharpnessError> {
-        check("momentum", momentum, (0.0..1.0).contains(&momentum), "a number in [0, 1)")?;
+    pub fn sgd(
+        momentum: f64,
+        weight_decay: f64,
+        nesterov: bool,
+    ) -> Result<ModuleOptimizer, SharpnessError> {
+        check(
+            "momentum",
+            momentum,
+            (0.0..1.0).contains(&momentum),
+            "a number in [0, 1)",
+        )?;
         check_non_negative("weight_decay", weight_decay)?;
-        let momentum =
-            (momentum > 0.0).then(|| MomentumConfig::new().with_momentum(momentum).with_dampening(0.0).with_nesterov(nesterov));
-        let weight_decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
-        Ok(SgdConfig::new().with_momentum(momentum).with_weight_decay(weight_decay).init())
+        let momentum = (momentum > 0.0).then(|| {
+            MomentumConfig::new()
+                .with_momentum(momentum)
+                .with_dampening(0.0)
+                .with_nesterov(nesterov)
+        });
+        let weight_decay =
+            (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
+        Ok(SgdConfig::new()
+            .with_momentum(momentum)
+            .with_weight_decay(weight_decay)
+            .init())
     }
 
     /// Adam as `torch.optim.Adam` (L2 weight decay in the gradient).
-    pub fn adam(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> Result<ModuleOptimizer, SharpnessError> {
+    pub fn adam(
+        beta1: f64,
+        beta2: f64,
+        epsilon: f64,
+        weight_decay: f64,
+    ) -> Result<ModuleOptimizer, SharpnessError> {
         check_betas(beta1, beta2, epsilon)?;
         check_non_negative("weight_decay", weight_decay)?;
-        let weight_decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
+        let weight_decay =
+            (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
         Ok(AdamConfig::new()
             .with_beta_1(beta1 as f32)
             .with_beta_2(beta2 as f32)
@@ -134,7 +185,12 @@ pub mod base {
     }
 
     /// AdamW as `torch.optim.AdamW` (decoupled weight decay).
-    pub fn adamw(beta1: f64, beta2: f64, epsilon: f64, weight_decay: f64) -> Result<ModuleOptimizer, SharpnessError> {
+    pub fn adamw(
+        beta1: f64,
+        beta2: f64,
+        epsilon: f64,
+        weight_decay: f64,
+    ) -> Result<ModuleOptimizer, SharpnessError> {
         check_betas(beta1, beta2, epsilon)?;
         check_non_negative("weight_decay", weight_decay)?;
         Ok(AdamWConfig::new()
@@ -146,9 +202,24 @@ pub mod base {
     }
 
     fn check_betas(beta1: f64, beta2: f64, epsilon: f64) -> Result<(), SharpnessError> {
-        check("beta1", beta1, (0.0..1.0).contains(&beta1), "a number in [0, 1)")?;
-        check("beta2", beta2, (0.0..1.0).contains(&beta2), "a number in [0, 1)")?;
-        check("epsilon", epsilon, epsilon.is_finite() && epsilon > 0.0, "a finite number > 0")
+        check(
+            "beta1",
+            beta1,
+            (0.0..1.0).contains(&beta1),
+            "a number in [0, 1)",
+        )?;
+        check(
+            "beta2",
+            beta2,
+            (0.0..1.0).contains(&beta2),
+            "a number in [0, 1)",
+        )?;
+        check(
+            "epsilon",
+            epsilon,
+            epsilon.is_finite() && epsilon > 0.0,
+            "a finite number > 0",
+        )
     }
 }
 
@@ -186,13 +257,26 @@ pub struct SharpnessAware {
 
 impl SharpnessAware {
     /// Wraps a base optimizer (see [`base`]) with an estimator and a ρ schedule.
-    pub fn new(estimator: impl GradientEstimator + 'static, base: ModuleOptimizer, rho: RhoSchedule) -> Self {
+    pub fn new(
+        estimator: impl GradientEstimator + 'static,
+        base: ModuleOptimizer,
+        rho: RhoSchedule,
+    ) -> Self {
         Self::from_boxed(Box::new(estimator), base, rho)
     }
 
     /// As [`SharpnessAware::new`] with a boxed estimator.
-    pub fn from_boxed(estimator: Box<dyn GradientEstimator>, base: ModuleOptimizer, rho: RhoSchedule) -> Self {
-        Self { estimator, base, rho, step: 0 }
+    pub fn from_boxed(
+        estimator: Box<dyn GradientEstimator>,
+        base: ModuleOptimizer,
+        rho: RhoSchedule,
+    ) -> Self {
+        Self {
+            estimator,
+            base,
+            rho,
+            step: 0,
+        }
     }
 
     /// The estimator's name.
@@ -212,7 +296,11 @@ impl SharpnessAware {
         lr: f64,
         objective: &mut impl Objective<M>,
     ) -> Result<StepOutput<M>, SharpnessError> {
-        let ctx = StepContext { step: self.step, rho: self.rho.rho(self.step, lr)?, lr };
+        let ctx = StepContext {
+            step: self.step,
+            rho: self.rho.rho(self.step, lr)?,
+            lr,
+        };
         let estimator_backup = self.estimator.clone_box();
         let base_backup = self.base.clone();
         match self.try_step(model, objective, &ctx) {
@@ -243,13 +331,23 @@ impl SharpnessAware {
         let mut oracle = ModelOracle::new(model, &at_weights.grad, objective, ctx.step);
         let grad = self.estimator.estimate(&at_weights, &mut oracle, ctx)?;
         if !grad.all_finite() {
-            return Err(SharpnessError::NonFinite { step: ctx.step, pass: oracle.passes, what: "combined gradient" });
+            return Err(SharpnessError::NonFinite {
+                step: ctx.step,
+                pass: oracle.passes,
+                what: "combined gradient",
+            });
         }
         let passes = oracle.passes;
         let stepped = self.base.step(ctx.lr, working, grad.to_gradients());
         let mut after = ModelOracle::new(&stepped, &at_weights.grad, objective, ctx.step);
         self.estimator.after_step(&mut after, ctx)?;
-        Ok(StepOutput { model: stepped, loss: at_weights.loss, grad_norm: at_weights.grad.norm(), rho: ctx.rho, passes })
+        Ok(StepOutput {
+            model: stepped,
+            loss: at_weights.loss,
+            grad_norm: at_weights.grad.norm(),
+            rho: ctx.rho,
+            passes,
+        })
     }
 
     /// The complete optimizer state (base optimizer, estimator, step counter) as bytes, so that a
@@ -257,8 +355,13 @@ impl SharpnessAware {
     pub fn save_state(&self) -> Result<Vec<u8>, SharpnessError> {
         let mut record = StateRecord::default();
         record.integers.insert("step".into(), self.step);
-        record.blobs.insert("estimator".into(), self.estimator.save_state().to_bytes());
-        let base = self.base.into_bytes().map_err(|e| SharpnessError::State(format!("{e:?}")))?;
+        record
+            .blobs
+            .insert("estimator".into(), self.estimator.save_state().to_bytes());
+        let base = self
+            .base
+            .into_bytes()
+            .map_err(|e| SharpnessError::State(format!("{e:?}")))?;
         record.blobs.insert("base".into(), base.to_vec());
         Ok(record.to_bytes())
     }
@@ -266,7 +369,12 @@ impl SharpnessAware {
     /// Restores a state written by [`SharpnessAware::save_state`] (tensors are placed on `device`).
     pub fn load_state(&mut self, bytes: &[u8], device: &Device) -> Result<(), SharpnessError> {
         let record = StateRecord::from_bytes(bytes)?;
-        let blob = |name: &str| record.blobs.get(name).ok_or_else(|| SharpnessError::State(format!("missing `{name}`")));
+        let blob = |name: &str| {
+            record
+                .blobs
+                .get(name)
+                .ok_or_else(|| SharpnessError::State(format!("missing `{name}`")))
+        };
         let estimator_state = StateRecord::from_bytes(blob("estimator")?)?;
         let base = self
             .base
@@ -291,15 +399,28 @@ fn evaluate<M: Module>(
     evaluate_loss(model, loss, step, pass)
 }
 
-fn evaluate_loss<M: Module>(model: &M, loss: Tensor<1>, step: u64, pass: usize) -> Result<Evaluation, SharpnessError> {
+fn evaluate_loss<M: Module>(
+    model: &M,
+    loss: Tensor<1>,
+    step: u64,
+    pass: usize,
+) -> Result<Evaluation, SharpnessError> {
     let value = loss.clone().inner().sum().into_scalar::<f64>();
     if !value.is_finite() {
-        return Err(SharpnessError::NonFinite { step, pass, what: "loss" });
+        return Err(SharpnessError::NonFinite {
+            step,
+            pass,
+            what: "loss",
+        });
     }
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let grad = ParamSet::from_gradients(model, &grads);
     if !grad.all_finite() {
-        return Err(SharpnessError::NonFinite { step, pass, what: "gradient" });
+        return Err(SharpnessError::NonFinite {
+            step,
+            pass,
+            what: "gradient",
+        });
     }
     Ok(Evaluation { loss: value, grad })
 }
@@ -315,12 +436,22 @@ struct ModelOracle<'a, M, O> {
 
 impl<'a, M: Module, O: Objective<M>> ModelOracle<'a, M, O> {
     fn new(model: &'a M, layout: &ParamSet, objective: &'a mut O, step: u64) -> Self {
-        Self { model, weights: ParamSet::weights_like(model, layout), objective, step, passes: 1 }
+        Self {
+            model,
+            weights: ParamSet::weights_like(model, layout),
+            objective,
+            step,
+            passes: 1,
+        }
     }
 
     /// A gradient with the layout of `weights`: zeros where `grad` has none.
     fn aligned(&self, grad: &ParamSet) -> ParamSet {
-        self.weights.map(|e| grad.get(e.id).map(|g| g.value.clone()).unwrap_or_else(|| e.value.zeros_like()))
+        self.weights.map(|e| {
+            grad.get(e.id)
+                .map(|g| g.value.clone())
+                .unwrap_or_else(|| e.value.zeros_like())
+        })
     }
 }
 
@@ -333,7 +464,10 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
         let perturbed = delta.add_to_module(self.model.valid()).train();
         let evaluation = evaluate(&perturbed, self.objective, self.step, self.passes)?;
         self.passes += 1;
-        Ok(Evaluation { loss: evaluation.loss, grad: self.aligned(&evaluation.grad) })
+        Ok(Evaluation {
+            loss: evaluation.loss,
+            grad: self.aligned(&evaluation.grad),
+        })
     }
 
     fn empirical_fisher(&mut self, num_samples: usize) -> Result<ParamSet, SharpnessError> {
@@ -342,7 +476,8 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
         for draw in 0..num_samples {
             let loss = self.objective.example_loss(&copy, draw).ok_or_else(|| {
                 SharpnessError::Unsupported(
-                    "this method needs per-example losses: implement Objective::example_loss".into(),
+                    "this method needs per-example losses: implement Objective::example_loss"
+                        .into(),
                 )
             })?;
             let grad = evaluate_loss(&copy, loss, self.step, self.passes)?.grad;

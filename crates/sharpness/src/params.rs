@@ -62,7 +62,11 @@ impl ParamSet {
         let entries = tensors
             .iter()
             .map(|(path, dims, values)| {
-                assert_eq!(dims.iter().product::<usize>(), values.len(), "shape of `{path}`");
+                assert_eq!(
+                    dims.iter().product::<usize>(),
+                    values.len(),
+                    "shape of `{path}`"
+                );
                 let data = TensorData::new(values.to_vec(), [values.len()]);
                 ParamTensor {
                     id: ParamId::new(),
@@ -122,7 +126,10 @@ impl ParamSet {
 
     /// Total number of scalar coordinates.
     pub fn num_elements(&self) -> usize {
-        self.entries.iter().map(|e| e.dims.iter().product::<usize>()).sum()
+        self.entries
+            .iter()
+            .map(|e| e.dims.iter().product::<usize>())
+            .sum()
     }
 
     /// Whether a tensor with this id is in the set.
@@ -147,25 +154,54 @@ impl ParamSet {
 
     /// Applies `f` to every tensor (same ids, shapes and paths).
     pub fn map(&self, mut f: impl FnMut(&ParamTensor) -> Tensor<1>) -> Self {
-        let entries = self.entries.iter().map(|e| ParamTensor { value: f(e), ..e.clone() }).collect();
-        Self { entries, index: self.index.clone() }
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| ParamTensor {
+                value: f(e),
+                ..e.clone()
+            })
+            .collect();
+        Self {
+            entries,
+            index: self.index.clone(),
+        }
     }
 
     /// Combines two sets with the same layout tensor by tensor.
-    pub fn zip_map(&self, other: &ParamSet, mut f: impl FnMut(Tensor<1>, Tensor<1>) -> Tensor<1>) -> Self {
+    pub fn zip_map(
+        &self,
+        other: &ParamSet,
+        mut f: impl FnMut(Tensor<1>, Tensor<1>) -> Tensor<1>,
+    ) -> Self {
         self.assert_same_layout(other);
         self.map_indexed(|i, e| f(e.value.clone(), other.entries[i].value.clone()))
     }
 
     fn map_indexed(&self, mut f: impl FnMut(usize, &ParamTensor) -> Tensor<1>) -> Self {
-        let entries =
-            self.entries.iter().enumerate().map(|(i, e)| ParamTensor { value: f(i, e), ..e.clone() }).collect();
-        Self { entries, index: self.index.clone() }
+        let entries = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ParamTensor {
+                value: f(i, e),
+                ..e.clone()
+            })
+            .collect();
+        Self {
+            entries,
+            index: self.index.clone(),
+        }
     }
 
     fn assert_same_layout(&self, other: &ParamSet) {
         assert!(
-            self.len() == other.len() && self.entries.iter().zip(&other.entries).all(|(a, b)| a.id == b.id),
+            self.len() == other.len()
+                && self
+                    .entries
+                    .iter()
+                    .zip(&other.entries)
+                    .all(|(a, b)| a.id == b.id),
             "ParamSet layouts differ ({} vs {} tensors): sets must come from the same module",
             self.len(),
             other.len()
@@ -205,7 +241,12 @@ impl ParamSet {
     /// Global dot product Σ_p ⟨self_p, other_p⟩.
     pub fn dot(&self, other: &ParamSet) -> f64 {
         self.assert_same_layout(other);
-        sum_of_partials(self.entries.iter().zip(&other.entries).map(|(a, b)| (a.value.clone() * b.value.clone()).sum()))
+        sum_of_partials(
+            self.entries
+                .iter()
+                .zip(&other.entries)
+                .map(|(a, b)| (a.value.clone() * b.value.clone()).sum()),
+        )
     }
 
     /// Global squared Euclidean norm Σ_p ‖x_p‖².
@@ -229,7 +270,13 @@ impl ParamSet {
     pub fn to_vec(&self) -> Vec<f64> {
         self.entries
             .iter()
-            .flat_map(|e| e.value.to_data().convert::<f64>().try_into_vec::<f64>().expect("float tensor"))
+            .flat_map(|e| {
+                e.value
+                    .to_data()
+                    .convert::<f64>()
+                    .try_into_vec::<f64>()
+                    .expect("float tensor")
+            })
             .collect()
     }
 
@@ -292,7 +339,11 @@ struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     fn new(source: Source<'a>) -> Self {
-        Self { source, path: Vec::new(), entries: Vec::new() }
+        Self {
+            source,
+            path: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -318,7 +369,12 @@ impl ModuleVisitor for Collector<'_> {
         if let Some(value) = picked {
             let dims = value.dims().to_vec();
             let flat = value.reshape([dims.iter().product::<usize>()]);
-            self.entries.push(ParamTensor { id: param.id, path: self.path.join("."), dims, value: flat });
+            self.entries.push(ParamTensor {
+                id: param.id,
+                path: self.path.join("."),
+                dims,
+                value: flat,
+            });
         }
     }
 }
@@ -337,7 +393,11 @@ impl ModuleMapper for AddDelta<'_> {
         let require_grad = value.is_require_grad();
         let dims: [usize; D] = value.dims();
         let shifted = value.inner() + delta.value.clone().reshape(dims);
-        let shifted = if require_grad { Tensor::from_inner(shifted).require_grad() } else { shifted };
+        let shifted = if require_grad {
+            Tensor::from_inner(shifted).require_grad()
+        } else {
+            shifted
+        };
         Param::from_mapped_value(id, shifted, mapper)
     }
 }

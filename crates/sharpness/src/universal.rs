@@ -61,7 +61,10 @@ pub struct GeneralFunctional {
 impl GeneralFunctional {
     fn psi_bar(&self, deltas: &[f64]) -> Vec<f64> {
         let m = deltas.len() as f64;
-        self.psi.iter().map(|psi| deltas.iter().map(|&d| psi(d)).sum::<f64>() / m).collect()
+        self.psi
+            .iter()
+            .map(|psi| deltas.iter().map(|&d| psi(d)).sum::<f64>() / m)
+            .collect()
     }
 }
 
@@ -79,7 +82,14 @@ impl Functional for GeneralFunctional {
         let dphi = (self.phi_gradient)(&self.psi_bar(deltas));
         deltas
             .iter()
-            .map(|&d| lambda / m * dphi.iter().zip(&self.psi_prime).map(|(dp, psi_p)| dp * psi_p(d)).sum::<f64>())
+            .map(|&d| {
+                lambda / m
+                    * dphi
+                        .iter()
+                        .zip(&self.psi_prime)
+                        .map(|(dp, psi_p)| dp * psi_p(d))
+                        .sum::<f64>()
+            })
             .collect()
     }
 }
@@ -129,7 +139,10 @@ impl Functional for FrobeniusFunctional {
     fn weights(&self, deltas: &[f64], lambda: f64) -> Vec<f64> {
         let m = deltas.len() as f64;
         let mean = deltas.iter().sum::<f64>() / m;
-        deltas.iter().map(|d| lambda * (d - mean) / (m - 1.0)).collect()
+        deltas
+            .iter()
+            .map(|d| lambda * (d - mean) / (m - 1.0))
+            .collect()
     }
 }
 
@@ -158,7 +171,10 @@ impl Functional for DeterminantFunctional {
         let exponents: Vec<f64> = deltas.iter().map(|d| -d / 2.0).collect();
         let max = exponents.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let log_mean = max + exponents.iter().map(|e| (e - max).exp()).sum::<f64>().ln() - m.ln();
-        exponents.iter().map(|e| lambda * (e - 3.0 * log_mean - m.ln()).min(700.0).exp()).collect()
+        exponents
+            .iter()
+            .map(|e| lambda * (e - 3.0 * log_mean - m.ln()).min(700.0).exp())
+            .collect()
     }
 }
 
@@ -184,15 +200,18 @@ impl Sampler {
         let sampled = like.map(|e| {
             let n = e.dims.iter().product::<usize>();
             let values: Vec<f32> = match *self {
-                Sampler::Sphere | Sampler::Gaussian => {
-                    (0..n).map(|_| StandardNormal.sample(rng)).map(|v: f64| v as f32).collect()
-                }
+                Sampler::Sphere | Sampler::Gaussian => (0..n)
+                    .map(|_| StandardNormal.sample(rng))
+                    .map(|v: f64| v as f32)
+                    .collect(),
                 Sampler::Hypercube { half_width } => {
-                    let uniform = Uniform::new_inclusive(-half_width, half_width).expect("valid half-width");
+                    let uniform =
+                        Uniform::new_inclusive(-half_width, half_width).expect("valid half-width");
                     (0..n).map(|_| uniform.sample(rng) as f32).collect()
                 }
             };
-            Tensor::<1>::from_data(TensorData::new(values, [n]), &e.value.device()).cast(e.value.dtype())
+            Tensor::<1>::from_data(TensorData::new(values, [n]), &e.value.device())
+                .cast(e.value.dtype())
         });
         match self {
             Sampler::Sphere => {
@@ -218,20 +237,42 @@ pub struct Universal<F> {
 impl<F: Functional> Universal<F> {
     /// A universal estimator: strength λ ≥ 0, m ≥ the functional's minimum, a sampler and a seed
     /// for the sampler's random numbers (saved and restored with the optimizer state).
-    pub fn new(functional: F, sampler: Sampler, lambda: f64, samples: usize, seed: u64) -> Result<Self, SharpnessError> {
+    pub fn new(
+        functional: F,
+        sampler: Sampler,
+        lambda: f64,
+        samples: usize,
+        seed: u64,
+    ) -> Result<Self, SharpnessError> {
         check_non_negative("lambda", lambda)?;
         let min = functional.min_samples();
         if samples < min {
             return Err(SharpnessError::InvalidHyperparameter {
                 name: "samples",
                 value: samples.to_string(),
-                expected: if min == 2 { "at least 2 (the unbiased covariance divides by m − 1)" } else { "at least 1" },
+                expected: if min == 2 {
+                    "at least 2 (the unbiased covariance divides by m − 1)"
+                } else {
+                    "at least 1"
+                },
             });
         }
         if let Sampler::Hypercube { half_width } = sampler {
-            check("half_width", half_width, half_width.is_finite() && half_width > 0.0, "a finite number > 0")?;
+            check(
+                "half_width",
+                half_width,
+                half_width.is_finite() && half_width > 0.0,
+                "a finite number > 0",
+            )?;
         }
-        Ok(Self { functional, sampler, lambda, samples, seed, rng: ChaCha8Rng::seed_from_u64(seed) })
+        Ok(Self {
+            functional,
+            sampler,
+            lambda,
+            samples,
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })
     }
 
     /// The functional.
@@ -241,7 +282,10 @@ impl<F: Functional> Universal<F> {
 
     /// G from pass 0 and the m evaluations at w + ρuᵢ (exposed for tests and custom loops).
     pub fn combine(&self, at_weights: &Evaluation, samples: &[Evaluation], rho: f64) -> ParamSet {
-        let deltas: Vec<f64> = samples.iter().map(|s| (s.loss - at_weights.loss) / (rho * rho)).collect();
+        let deltas: Vec<f64> = samples
+            .iter()
+            .map(|s| (s.loss - at_weights.loss) / (rho * rho))
+            .collect();
         let weights = self.functional.weights(&deltas, self.lambda);
         let g0 = &at_weights.grad;
         let mut combined = g0.scale(1.0 - weights.iter().sum::<f64>());
@@ -255,25 +299,54 @@ impl<F: Functional> Universal<F> {
 /// Trace-SAM (bias ≈ λρ²/2 · tr ∇²L for N(0, I); tr/d on the sphere): the paper's setting is
 /// ρ = 0.01, m = 1. `sampler` is [`Sampler::Sphere`] (as intended) or [`Sampler::Gaussian`]
 /// (as the reference code ran).
-pub fn trace_sam(lambda: f64, samples: usize, sampler: Sampler, seed: u64) -> Result<Universal<TraceFunctional>, SharpnessError> {
+pub fn trace_sam(
+    lambda: f64,
+    samples: usize,
+    sampler: Sampler,
+    seed: u64,
+) -> Result<Universal<TraceFunctional>, SharpnessError> {
     Universal::new(TraceFunctional, sampler, lambda, samples, seed)
 }
 
 /// Average-direction SAM (Wen et al. 2023): Trace-SAM on the sphere with λ = 1, i.e. the gradient
 /// averaged over m random points at distance ρ.
-pub fn average_direction_sam(samples: usize, seed: u64) -> Result<Universal<TraceFunctional>, SharpnessError> {
+pub fn average_direction_sam(
+    samples: usize,
+    seed: u64,
+) -> Result<Universal<TraceFunctional>, SharpnessError> {
     Universal::new(TraceFunctional, Sampler::Sphere, 1.0, samples, seed)
 }
 
 /// Frob-SAM (bias ≈ λρ²/4 · ‖∇²L‖²_F plus λ/2‖∇L‖², Gaussian samples, m ≥ 2; paper: m = 2).
-pub fn frob_sam(lambda: f64, samples: usize, seed: u64) -> Result<Universal<FrobeniusFunctional>, SharpnessError> {
-    Universal::new(FrobeniusFunctional, Sampler::Gaussian, lambda, samples, seed)
+pub fn frob_sam(
+    lambda: f64,
+    samples: usize,
+    seed: u64,
+) -> Result<Universal<FrobeniusFunctional>, SharpnessError> {
+    Universal::new(
+        FrobeniusFunctional,
+        Sampler::Gaussian,
+        lambda,
+        samples,
+        seed,
+    )
 }
 
 /// Det-SAM (bias ∝ det ∇²L over its non-zero eigenvalues; uniform samples in [−a, a]^d; paper:
 /// ρ = 1, a = 0.01, m = 1).
-pub fn det_sam(lambda: f64, samples: usize, half_width: f64, seed: u64) -> Result<Universal<DeterminantFunctional>, SharpnessError> {
-    Universal::new(DeterminantFunctional, Sampler::Hypercube { half_width }, lambda, samples, seed)
+pub fn det_sam(
+    lambda: f64,
+    samples: usize,
+    half_width: f64,
+    seed: u64,
+) -> Result<Universal<DeterminantFunctional>, SharpnessError> {
+    Universal::new(
+        DeterminantFunctional,
+        Sampler::Hypercube { half_width },
+        lambda,
+        samples,
+        seed,
+    )
 }
 
 impl<F: Functional + Clone + 'static> GradientEstimator for Universal<F> {
@@ -302,14 +375,19 @@ impl<F: Functional + Clone + 'static> GradientEstimator for Universal<F> {
         let mut state = StateRecord::default();
         state.integers.insert("universal.seed".into(), self.seed);
         let pos = self.rng.get_word_pos();
-        state.integers.insert("universal.word_pos.lo".into(), pos as u64);
-        state.integers.insert("universal.word_pos.hi".into(), (pos >> 64) as u64);
+        state
+            .integers
+            .insert("universal.word_pos.lo".into(), pos as u64);
+        state
+            .integers
+            .insert("universal.word_pos.hi".into(), (pos >> 64) as u64);
         state
     }
 
     fn load_state(&mut self, state: &StateRecord, _device: &Device) -> Result<(), SharpnessError> {
         self.seed = state.integer("universal.seed")?;
-        let pos = state.integer("universal.word_pos.lo")? as u128 | (state.integer("universal.word_pos.hi")? as u128) << 64;
+        let pos = state.integer("universal.word_pos.lo")? as u128
+            | (state.integer("universal.word_pos.hi")? as u128) << 64;
         self.rng = ChaCha8Rng::seed_from_u64(self.seed);
         self.rng.set_word_pos(pos);
         Ok(())

@@ -10,8 +10,10 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use sharpness::optim::base;
 use sharpness::perturb::{FisherSam, InfoSam, MongeSam, Sam, Ssam, TwoPass};
-use sharpness::universal::{det_sam, frob_sam, trace_sam, Sampler};
-use sharpness::{GradientEstimator, Objective, ParamSet, RhoSchedule, SharpnessAware, SharpnessError};
+use sharpness::universal::{Sampler, det_sam, frob_sam, trace_sam};
+use sharpness::{
+    GradientEstimator, Objective, ParamSet, RhoSchedule, SharpnessAware, SharpnessError,
+};
 
 #[derive(Module, Debug)]
 struct TwoLayer {
@@ -26,25 +28,42 @@ fn device() -> Device {
 /// Deterministic weights (tests run in parallel; a seeded global RNG would race).
 fn linear(d_in: usize, d_out: usize, offset: f32) -> Linear {
     let mut layer: Linear = LinearConfig::new(d_in, d_out).init(&device());
-    let w: Vec<f32> = (0..d_in * d_out).map(|k| ((k as f32 * 0.37 + offset).sin()) * 0.5).collect();
-    let b: Vec<f32> = (0..d_out).map(|k| ((k as f32 * 0.11 - offset).cos()) * 0.1).collect();
-    layer.weight = Param::from_tensor(Tensor::<1>::from_floats(w.as_slice(), &device()).reshape([d_in, d_out]));
-    layer.bias = Some(Param::from_tensor(Tensor::<1>::from_floats(b.as_slice(), &device())));
+    let w: Vec<f32> = (0..d_in * d_out)
+        .map(|k| ((k as f32 * 0.37 + offset).sin()) * 0.5)
+        .collect();
+    let b: Vec<f32> = (0..d_out)
+        .map(|k| ((k as f32 * 0.11 - offset).cos()) * 0.1)
+        .collect();
+    layer.weight = Param::from_tensor(
+        Tensor::<1>::from_floats(w.as_slice(), &device()).reshape([d_in, d_out]),
+    );
+    layer.bias = Some(Param::from_tensor(Tensor::<1>::from_floats(
+        b.as_slice(),
+        &device(),
+    )));
     layer
 }
 
 fn model() -> TwoLayer {
-    TwoLayer { a: linear(3, 4, 0.3), b: linear(4, 2, 1.7) }
+    TwoLayer {
+        a: linear(3, 4, 0.3),
+        b: linear(4, 2, 1.7),
+    }
 }
 
 fn batch() -> (Tensor<2>, Tensor<2>) {
-    let x = Tensor::<2>::from_floats([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7], [-0.2, 0.8, 0.1]], &device());
+    let x = Tensor::<2>::from_floats(
+        [[0.5, -1.0, 2.0], [1.5, 0.3, -0.7], [-0.2, 0.8, 0.1]],
+        &device(),
+    );
     let y = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], &device());
     (x, y)
 }
 
 fn mse(m: &TwoLayer, x: &Tensor<2>, y: &Tensor<2>) -> Tensor<1> {
-    (m.b.forward(m.a.forward(x.clone()).tanh()) - y.clone()).square().mean()
+    (m.b.forward(m.a.forward(x.clone()).tanh()) - y.clone())
+        .square()
+        .mean()
 }
 
 fn weights(m: &TwoLayer) -> Vec<f64> {
@@ -56,7 +75,11 @@ fn bits(v: &[f64]) -> Vec<u64> {
 }
 
 fn optimizer(estimator: impl GradientEstimator + 'static, rho: f64) -> SharpnessAware {
-    SharpnessAware::new(estimator, base::sgd(0.9, 1e-3, false).unwrap(), RhoSchedule::constant(rho).unwrap())
+    SharpnessAware::new(
+        estimator,
+        base::sgd(0.9, 1e-3, false).unwrap(),
+        RhoSchedule::constant(rho).unwrap(),
+    )
 }
 
 /// An objective over the fixed batch that also provides per-example losses (for SSAM).
@@ -72,7 +95,11 @@ impl Objective<TwoLayer> for Batch {
 
     fn example_loss(&mut self, m: &TwoLayer, draw: usize) -> Option<Tensor<1>> {
         let i = draw % 3;
-        Some(mse(m, &self.x.clone().slice([i..i + 1]), &self.y.clone().slice([i..i + 1])))
+        Some(mse(
+            m,
+            &self.x.clone().slice([i..i + 1]),
+            &self.y.clone().slice([i..i + 1]),
+        ))
     }
 }
 
@@ -90,10 +117,19 @@ fn every_pass_sees_the_same_batch_at_w_then_w_plus_epsilon_and_the_callers_model
     let out = sam.step(&m, 0.1, &mut objective).unwrap();
     assert_eq!(out.passes, 2);
     let seen = seen.into_inner();
-    assert_eq!(seen.len(), 2, "one evaluation per pass: the second gradient is never the first (B5)");
+    assert_eq!(
+        seen.len(),
+        2,
+        "one evaluation per pass: the second gradient is never the first (B5)"
+    );
     assert_eq!(bits(&seen[0]), bits(&before), "pass 1 at w");
     // pass 2 at w + ε with ‖ε‖ = ρ
-    let eps: f64 = seen[1].iter().zip(&before).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+    let eps: f64 = seen[1]
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
     assert!((eps - 0.05).abs() < 1e-6, "‖ε‖ = {eps}");
     // The caller's model is bitwise what it was (exact restore, B8/B10), and the new model moved.
     assert_eq!(bits(&weights(&m)), bits(&before));
@@ -109,14 +145,26 @@ fn a_parameter_without_gradient_in_pass_two_is_restored_exactly() {
     let calls = Cell::new(0);
     let mut objective = |model: &TwoLayer| {
         calls.set(calls.get() + 1);
-        if calls.get() == 1 { mse(model, &x, &y) } else { model.a.forward(x.clone()).square().mean() }
+        if calls.get() == 1 {
+            mse(model, &x, &y)
+        } else {
+            model.a.forward(x.clone()).square().mean()
+        }
     };
-    let mut sam = SharpnessAware::new(TwoPass::new(Sam), base::sgd(0.0, 0.0, false).unwrap(), RhoSchedule::constant(0.5).unwrap());
+    let mut sam = SharpnessAware::new(
+        TwoPass::new(Sam),
+        base::sgd(0.0, 0.0, false).unwrap(),
+        RhoSchedule::constant(0.5).unwrap(),
+    );
     let out = sam.step(&m, 0.1, &mut objective).unwrap();
     let before = ParamSet::trainable_weights(&m.b).to_vec();
     let after = ParamSet::trainable_weights(&out.model.b).to_vec();
     assert_eq!(bits(&before), bits(&after));
-    assert_ne!(bits(&weights(&m)), bits(&weights(&out.model)), "layer a did move");
+    assert_ne!(
+        bits(&weights(&m)),
+        bits(&weights(&out.model)),
+        "layer a did move"
+    );
 }
 
 #[test]
@@ -140,15 +188,24 @@ fn rho_zero_is_bit_identical_to_the_base_optimizer_for_every_estimator() {
     ];
     for estimator in estimators {
         let name = estimator.name();
-        let mut opt =
-            SharpnessAware::from_boxed(estimator, base::sgd(0.9, 1e-3, false).unwrap(), RhoSchedule::constant(0.0).unwrap());
+        let mut opt = SharpnessAware::from_boxed(
+            estimator,
+            base::sgd(0.9, 1e-3, false).unwrap(),
+            RhoSchedule::constant(0.0).unwrap(),
+        );
         let mut m = model();
         for _ in 0..3 {
-            let out = opt.step(&m, 0.1, &mut |model: &TwoLayer| mse(model, &x, &y)).unwrap();
+            let out = opt
+                .step(&m, 0.1, &mut |model: &TwoLayer| mse(model, &x, &y))
+                .unwrap();
             assert_eq!(out.passes, 1, "{name}");
             m = out.model;
         }
-        assert_eq!(bits(&weights(&m)), bits(&weights(&reference)), "{name} with ρ = 0 (B12)");
+        assert_eq!(
+            bits(&weights(&m)),
+            bits(&weights(&reference)),
+            "{name} with ρ = 0 (B12)"
+        );
     }
 }
 
@@ -156,18 +213,36 @@ fn rho_zero_is_bit_identical_to_the_base_optimizer_for_every_estimator() {
 fn a_zero_gradient_gives_a_finite_no_op_perturbation() {
     let (x, _) = batch();
     let m = model();
-    for estimator in [Box::new(TwoPass::new(Sam)) as Box<dyn GradientEstimator>, Box::new(TwoPass::new(MongeSam))] {
-        let mut opt = SharpnessAware::from_boxed(estimator, base::sgd(0.0, 0.0, false).unwrap(), RhoSchedule::constant(0.05).unwrap());
-        let out = opt.step(&m, 0.1, &mut |model: &TwoLayer| model.a.forward(x.clone()).sum().mul_scalar(0.0)).unwrap();
+    for estimator in [
+        Box::new(TwoPass::new(Sam)) as Box<dyn GradientEstimator>,
+        Box::new(TwoPass::new(MongeSam)),
+    ] {
+        let mut opt = SharpnessAware::from_boxed(
+            estimator,
+            base::sgd(0.0, 0.0, false).unwrap(),
+            RhoSchedule::constant(0.05).unwrap(),
+        );
+        let out = opt
+            .step(&m, 0.1, &mut |model: &TwoLayer| {
+                model.a.forward(x.clone()).sum().mul_scalar(0.0)
+            })
+            .unwrap();
         assert_eq!(out.grad_norm, 0.0);
-        assert_eq!(bits(&weights(&out.model)), bits(&weights(&m)), "finite no-op (B4)");
+        assert_eq!(
+            bits(&weights(&out.model)),
+            bits(&weights(&m)),
+            "finite no-op (B4)"
+        );
     }
 }
 
 #[test]
 fn a_non_finite_loss_is_an_error_naming_step_and_pass_and_leaves_all_state_as_it_was() {
     let (x, y) = batch();
-    let mut objective = Batch { x: x.clone(), y: y.clone() };
+    let mut objective = Batch {
+        x: x.clone(),
+        y: y.clone(),
+    };
     let mut opt = optimizer(TwoPass::new(InfoSam::default()), 0.05);
     let m = opt.step(&model(), 0.1, &mut objective).unwrap().model;
     let state_before = opt.save_state().unwrap();
@@ -177,12 +252,30 @@ fn a_non_finite_loss_is_an_error_naming_step_and_pass_and_leaves_all_state_as_it
     let mut nan_in_pass_two = |model: &TwoLayer| {
         calls.set(calls.get() + 1);
         let loss = mse(model, &x, &y);
-        if calls.get() == 2 { loss.mul_scalar(f32::NAN) } else { loss }
+        if calls.get() == 2 {
+            loss.mul_scalar(f32::NAN)
+        } else {
+            loss
+        }
     };
     let err = opt.step(&m, 0.1, &mut nan_in_pass_two).unwrap_err();
-    assert_eq!(err, SharpnessError::NonFinite { step: 1, pass: 1, what: "loss" });
-    assert!(err.to_string().contains("step 1") && err.to_string().contains("unchanged"), "{err}");
-    assert_eq!(opt.save_state().unwrap(), state_before, "optimizer state rolled back");
+    assert_eq!(
+        err,
+        SharpnessError::NonFinite {
+            step: 1,
+            pass: 1,
+            what: "loss"
+        }
+    );
+    assert!(
+        err.to_string().contains("step 1") && err.to_string().contains("unchanged"),
+        "{err}"
+    );
+    assert_eq!(
+        opt.save_state().unwrap(),
+        state_before,
+        "optimizer state rolled back"
+    );
     assert_eq!(bits(&weights(&m)), bits(&weights_before));
     assert_eq!(opt.steps(), 1);
 
@@ -199,15 +292,31 @@ fn a_non_finite_gradient_is_an_error_too() {
     let (x, _) = batch();
     let mut opt = optimizer(TwoPass::new(Sam), 0.05);
     // sqrt at 0 has an infinite derivative: finite loss, non-finite gradient.
-    let err = opt.step(&model(), 0.1, &mut |m: &TwoLayer| m.a.forward(x.clone()).mul_scalar(0.0).sqrt().mean()).unwrap_err();
-    assert!(matches!(err, SharpnessError::NonFinite { step: 0, pass: 0, what: "gradient" }), "{err}");
+    let err = opt
+        .step(&model(), 0.1, &mut |m: &TwoLayer| {
+            m.a.forward(x.clone()).mul_scalar(0.0).sqrt().mean()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SharpnessError::NonFinite {
+                step: 0,
+                pass: 0,
+                what: "gradient"
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn ssam_without_per_example_losses_is_a_clear_error() {
     let (x, y) = batch();
     let mut opt = optimizer(TwoPass::new(Ssam::new(0.5, 4, 1).unwrap()), 0.05);
-    let err = opt.step(&model(), 0.1, &mut |m: &TwoLayer| mse(m, &x, &y)).unwrap_err();
+    let err = opt
+        .step(&model(), 0.1, &mut |m: &TwoLayer| mse(m, &x, &y))
+        .unwrap_err();
     assert!(err.to_string().contains("example_loss"), "{err}");
     assert_eq!(opt.steps(), 0);
 }
@@ -218,7 +327,10 @@ fn ssam_masks_half_the_coordinates_after_the_first_step() {
     let mut objective = Batch { x, y };
     let mut opt = optimizer(TwoPass::new(Ssam::new(0.5, 3, 1).unwrap()), 0.05);
     let first = opt.step(&model(), 0.1, &mut objective).unwrap();
-    assert_eq!(first.passes, 1, "mask starts empty: first step is plain SGD");
+    assert_eq!(
+        first.passes, 1,
+        "mask starts empty: first step is plain SGD"
+    );
     let second = opt.step(&first.model, 0.1, &mut objective).unwrap();
     assert_eq!(second.passes, 2);
 }
@@ -227,7 +339,13 @@ fn ssam_masks_half_the_coordinates_after_the_first_step() {
 fn resume_is_bit_identical(make: fn() -> Box<dyn GradientEstimator>) {
     let (x, y) = batch();
     let mut objective = Batch { x, y };
-    let build = || SharpnessAware::from_boxed(make(), base::sgd(0.9, 1e-3, false).unwrap(), RhoSchedule::constant(0.05).unwrap());
+    let build = || {
+        SharpnessAware::from_boxed(
+            make(),
+            base::sgd(0.9, 1e-3, false).unwrap(),
+            RhoSchedule::constant(0.05).unwrap(),
+        )
+    };
     let mut straight = build();
     let mut m = model();
     for _ in 0..4 {
@@ -245,7 +363,12 @@ fn resume_is_bit_identical(make: fn() -> Box<dyn GradientEstimator>) {
     for _ in 0..2 {
         r = resumed.step(&r, 0.1, &mut objective).unwrap().model;
     }
-    assert_eq!(bits(&weights(&r)), bits(&weights(&m)), "{}", straight.name());
+    assert_eq!(
+        bits(&weights(&r)),
+        bits(&weights(&m)),
+        "{}",
+        straight.name()
+    );
 }
 
 #[test]
@@ -272,7 +395,10 @@ fn resume_is_bit_identical_for_frob_sam() {
 fn corrupt_state_is_an_error_naming_the_offset() {
     let mut opt = optimizer(TwoPass::new(Sam), 0.05);
     let bytes = opt.save_state().unwrap();
-    let err = opt.load_state(&bytes[..bytes.len() - 3], &device()).unwrap_err().to_string();
+    let err = opt
+        .load_state(&bytes[..bytes.len() - 3], &device())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("offset"), "{err}");
     assert!(opt.load_state(b"garbage!", &device()).is_err());
 }

@@ -4,7 +4,9 @@
 use burn::tensor::Device;
 use proptest::prelude::*;
 use sharpness::ParamSet;
-use sharpness::perturb::{Asam, AsamScope, FisherSam, InfoSam, MongeSam, Preconditioner, Sam, TwoPass, XI, perturbation};
+use sharpness::perturb::{
+    Asam, AsamScope, FisherSam, InfoSam, MongeSam, Preconditioner, Sam, TwoPass, XI, perturbation,
+};
 
 fn device() -> Device {
     Device::flex()
@@ -14,7 +16,14 @@ fn device() -> Device {
 /// norm scale and a bias.
 fn example() -> (ParamSet, ParamSet) {
     let d = device();
-    let w = ParamSet::from_values(&d, &[("fc.weight", &[2], &[0.5, -1.0]), ("bn.gamma", &[1, 1], &[2.0]), ("fc.bias", &[1], &[3.0])]);
+    let w = ParamSet::from_values(
+        &d,
+        &[
+            ("fc.weight", &[2], &[0.5, -1.0]),
+            ("bn.gamma", &[1, 1], &[2.0]),
+            ("fc.bias", &[1], &[3.0]),
+        ],
+    );
     let g = w.with_values(&[1.0, 2.0, 2.0, 0.0]);
     (g, w)
 }
@@ -26,7 +35,10 @@ fn eps<P: Preconditioner>(p: P, rho: f64, g: &ParamSet, w: &ParamSet) -> Vec<f64
 fn assert_close(actual: &[f64], expected: &[f64], tol: f64) {
     assert_eq!(actual.len(), expected.len());
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!((a - e).abs() <= tol * (1.0 + e.abs()), "coordinate {i}: {a} vs {e}\n{actual:?}\n{expected:?}");
+        assert!(
+            (a - e).abs() <= tol * (1.0 + e.abs()),
+            "coordinate {i}: {a} vs {e}\n{actual:?}\n{expected:?}"
+        );
     }
 }
 
@@ -41,7 +53,11 @@ fn monge_matches_its_closed_form() {
     // ρ g / (‖g‖ √(1+‖g‖²)) = 0.3 g / (3 √10)
     let (g, w) = example();
     let s = 0.3 / (3.0 * 10f64.sqrt());
-    assert_close(&eps(MongeSam, 0.3, &g, &w), &[s, 2.0 * s, 2.0 * s, 0.0], 1e-12);
+    assert_close(
+        &eps(MongeSam, 0.3, &g, &w),
+        &[s, 2.0 * s, 2.0 * s, 0.0],
+        1e-12,
+    );
 }
 
 #[test]
@@ -67,7 +83,11 @@ fn asam_official_scope_rescales_weights_and_norm_scales_only() {
     let gv = [1.0, 2.0, 2.0, 0.0];
     let tg: Vec<f64> = t.iter().zip(&gv).map(|(t, g)| t * g).collect();
     let norm = tg.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let expected: Vec<f64> = t.iter().zip(&gv).map(|(t, g)| 0.3 * t * t * g / norm).collect();
+    let expected: Vec<f64> = t
+        .iter()
+        .zip(&gv)
+        .map(|(t, g)| 0.3 * t * t * g / norm)
+        .collect();
     assert_close(&eps(Asam::default(), 0.3, &g, &w), &expected, 1e-12);
 }
 
@@ -75,12 +95,23 @@ fn asam_official_scope_rescales_weights_and_norm_scales_only() {
 fn asam_all_tensors_with_zero_eta_is_davda54_adaptive() {
     // davda54 adaptive: ε = ρ w²g/‖|w| g‖ on every tensor, bias included (peers.md B7).
     let d = device();
-    let w = ParamSet::from_values(&d, &[("fc.weight", &[2], &[0.5, -1.0]), ("fc.bias", &[1], &[3.0])]);
+    let w = ParamSet::from_values(
+        &d,
+        &[("fc.weight", &[2], &[0.5, -1.0]), ("fc.bias", &[1], &[3.0])],
+    );
     let g = w.with_values(&[1.0, 2.0, -1.0]);
     let wg = [0.5 * 1.0, 1.0 * 2.0, 3.0 * -1.0];
     let norm = wg.iter().map(|x: &f64| x * x).sum::<f64>().sqrt();
-    let expected = [0.25 * 1.0 * 0.3 / norm, 1.0 * 2.0 * 0.3 / norm, 9.0 * -1.0 * 0.3 / norm];
-    assert_close(&eps(Asam::new(0.0, AsamScope::All).unwrap(), 0.3, &g, &w), &expected, 1e-12);
+    let expected = [
+        0.25 * 1.0 * 0.3 / norm,
+        1.0 * 2.0 * 0.3 / norm,
+        9.0 * -1.0 * 0.3 / norm,
+    ];
+    assert_close(
+        &eps(Asam::new(0.0, AsamScope::All).unwrap(), 0.3, &g, &w),
+        &expected,
+        1e-12,
+    );
 }
 
 #[test]
@@ -88,22 +119,39 @@ fn infosam_first_step_is_sam_then_inverse_variance_weighted() {
     let (g1, w) = example();
     let mut info = InfoSam::new(0.5, 1e-8).unwrap();
     let sam = eps(Sam, 0.3, &g1, &w);
-    assert_close(&perturbation(info.normalization(), 0.3, &g1, &info.direction(&g1, &w)).to_vec(), &sam, 1e-12);
+    assert_close(
+        &perturbation(info.normalization(), 0.3, &g1, &info.direction(&g1, &w)).to_vec(),
+        &sam,
+        1e-12,
+    );
     info.commit(&g1);
     // m = 0.5 g1 + 0.5 g2; σ̂² = (m − g2)² = 0.25 (g1 − g2)²
     let g2 = g1.with_values(&[3.0, 2.0, 1.0, 1.0]);
     let var = [0.25 * 4.0, 0.0, 0.25 * 1.0, 0.25 * 1.0];
-    let d: Vec<f64> = [3.0, 2.0, 1.0, 1.0].iter().zip(var).map(|(g, v)| g / (v + 1e-8)).collect();
+    let d: Vec<f64> = [3.0, 2.0, 1.0, 1.0]
+        .iter()
+        .zip(var)
+        .map(|(g, v)| g / (v + 1e-8))
+        .collect();
     let n = d.iter().map(|x| x * x).sum::<f64>().sqrt();
     let expected: Vec<f64> = d.iter().map(|x| 0.3 * x / (n + XI)).collect();
-    assert_close(&perturbation(info.normalization(), 0.3, &g2, &info.direction(&g2, &w)).to_vec(), &expected, 1e-9);
+    assert_close(
+        &perturbation(info.normalization(), 0.3, &g2, &info.direction(&g2, &w)).to_vec(),
+        &expected,
+        1e-9,
+    );
 }
 
 #[test]
 fn zero_gradient_gives_a_finite_zero_perturbation() {
     let (g, w) = example();
     let zero = g.zeros_like();
-    for e in [eps(Sam, 0.5, &zero, &w), eps(MongeSam, 0.5, &zero, &w), eps(FisherSam::default(), 0.5, &zero, &w), eps(Asam::default(), 0.5, &zero, &w)] {
+    for e in [
+        eps(Sam, 0.5, &zero, &w),
+        eps(MongeSam, 0.5, &zero, &w),
+        eps(FisherSam::default(), 0.5, &zero, &w),
+        eps(Asam::default(), 0.5, &zero, &w),
+    ] {
         assert!(e.iter().all(|x| *x == 0.0), "{e:?}");
     }
 }
@@ -118,7 +166,12 @@ fn invalid_hyperparameters_are_rejected_with_a_message() {
     assert!(sharpness::perturb::Ssam::new(1.0, 16, 1).is_err());
     assert!(sharpness::perturb::Ssam::new(-0.1, 16, 1).is_err());
     assert!(sharpness::perturb::Ssam::new(0.5, 0, 1).is_err());
-    assert!(sharpness::RhoSchedule::constant(-0.05).unwrap_err().to_string().contains("rho"));
+    assert!(
+        sharpness::RhoSchedule::constant(-0.05)
+            .unwrap_err()
+            .to_string()
+            .contains("rho")
+    );
 }
 
 fn vectors(n: usize) -> impl Strategy<Value = Vec<f64>> {
@@ -128,7 +181,13 @@ fn vectors(n: usize) -> impl Strategy<Value = Vec<f64>> {
 fn set_of(values: &[f64]) -> ParamSet {
     // Two tensors of 3 and 2 coordinates: "l.weight" (3) and "l.bias" (2).
     let d = device();
-    ParamSet::from_values(&d, &[("l.weight", &[3], &values[..3]), ("l.bias", &[2], &values[3..])])
+    ParamSet::from_values(
+        &d,
+        &[
+            ("l.weight", &[3], &values[..3]),
+            ("l.bias", &[2], &values[3..]),
+        ],
+    )
 }
 
 proptest! {
@@ -210,10 +269,18 @@ proptest! {
 /// x = (I + ggᵀ)⁻¹ v by Gaussian elimination (independent of Sherman–Morrison).
 fn solve_dense(g: &[f64], v: &[f64]) -> Vec<f64> {
     let n = g.len();
-    let mut a: Vec<Vec<f64>> = (0..n).map(|i| (0..n).map(|j| g[i] * g[j] + if i == j { 1.0 } else { 0.0 }).collect()).collect();
+    let mut a: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| g[i] * g[j] + if i == j { 1.0 } else { 0.0 })
+                .collect()
+        })
+        .collect();
     let mut b = v.to_vec();
     for col in 0..n {
-        let pivot = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs())).unwrap();
+        let pivot = (col..n)
+            .max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))
+            .unwrap();
         a.swap(col, pivot);
         b.swap(col, pivot);
         for row in col + 1..n {

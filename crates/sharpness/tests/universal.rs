@@ -6,7 +6,8 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sharpness::universal::{
-    DeterminantFunctional, FrobeniusFunctional, Functional, GeneralFunctional, Sampler, TraceFunctional, frob_sam,
+    DeterminantFunctional, FrobeniusFunctional, Functional, GeneralFunctional, Sampler,
+    TraceFunctional, frob_sam,
 };
 use sharpness::{Evaluation, ParamSet};
 
@@ -22,8 +23,12 @@ fn weights_are_the_derivatives_of_the_sample_regulariser() {
         psi_prime: vec![|t| 2.0 * t, |_| 1.0],
         phi_gradient: |p| vec![0.5, -p[1]],
     };
-    let functionals: Vec<Box<dyn Functional>> =
-        vec![Box::new(TraceFunctional), Box::new(FrobeniusFunctional), Box::new(DeterminantFunctional), Box::new(general)];
+    let functionals: Vec<Box<dyn Functional>> = vec![
+        Box::new(TraceFunctional),
+        Box::new(FrobeniusFunctional),
+        Box::new(DeterminantFunctional),
+        Box::new(general),
+    ];
     for f in &functionals {
         for m in [2usize, 4] {
             let d = &deltas[..m];
@@ -35,7 +40,12 @@ fn weights_are_the_derivatives_of_the_sample_regulariser() {
                 plus[i] += h;
                 minus[i] -= h;
                 let numeric = 0.7 * (f.value(&plus) - f.value(&minus)) / (2.0 * h);
-                assert!((weights[i] - numeric).abs() < 1e-7 * (1.0 + numeric.abs()), "{} m={m} i={i}: {} vs {numeric}", f.name(), weights[i]);
+                assert!(
+                    (weights[i] - numeric).abs() < 1e-7 * (1.0 + numeric.abs()),
+                    "{} m={m} i={i}: {} vs {numeric}",
+                    f.name(),
+                    weights[i]
+                );
             }
         }
     }
@@ -74,7 +84,10 @@ fn frob_sam_with_two_samples_equals_its_closed_form() {
     // G = g₀ + λ/(2ρ²)(L₁ − L₂)(g₁ − g₂)
     let d = Device::flex();
     let layout = ParamSet::from_values(&d, &[("a", &[2], &[0.0, 0.0]), ("b", &[1], &[0.0])]);
-    let eval = |loss: f64, g: [f64; 3]| Evaluation { loss, grad: layout.with_values(&g) };
+    let eval = |loss: f64, g: [f64; 3]| Evaluation {
+        loss,
+        grad: layout.with_values(&g),
+    };
     let g0 = eval(1.0, [0.1, -0.2, 0.3]);
     let s1 = eval(1.3, [0.5, 0.1, -0.4]);
     let s2 = eval(0.8, [-0.2, 0.7, 0.2]);
@@ -91,7 +104,10 @@ fn frob_sam_with_two_samples_equals_its_closed_form() {
 #[test]
 fn frob_sam_rejects_a_single_sample() {
     let err = frob_sam(0.01, 1, 0).err().unwrap().to_string();
-    assert!(err.contains("samples") && err.contains("at least 2"), "{err}");
+    assert!(
+        err.contains("samples") && err.contains("at least 2"),
+        "{err}"
+    );
 }
 
 /// Quadratic L(w) = ½ wᵀHw at w = 0 with diagonal H = diag(h): Δ(u) = (L(ρu) − L(0))/ρ² = ½uᵀHu
@@ -119,7 +135,11 @@ fn trace_regulariser_converges_to_half_the_trace() {
     for m in [100usize, 1000, 10000] {
         let value = TraceFunctional.value(&deltas(Sampler::Gaussian, &H, m, m as u64));
         let tol = 5.0 * (0.5 * frob2 / m as f64).sqrt();
-        assert!((value - 0.5 * tr).abs() < tol, "m={m}: {value} vs {}", 0.5 * tr);
+        assert!(
+            (value - 0.5 * tr).abs() < tol,
+            "m={m}: {value} vs {}",
+            0.5 * tr
+        );
     }
     // On the unit sphere E uᵀHu = tr H/d.
     let m = 20000;
@@ -138,7 +158,10 @@ fn frobenius_regulariser_converges_to_a_quarter_of_the_squared_frobenius_norm() 
     for m in [100usize, 1000, 20000] {
         let value = FrobeniusFunctional.value(&deltas(Sampler::Gaussian, &H, m, 11 + m as u64));
         let tol = 5.0 * (0.25 * (k4 + 2.0 * k2 * k2) / m as f64).sqrt();
-        assert!((value - target).abs() < tol, "m={m}: {value} vs {target} (tol {tol})");
+        assert!(
+            (value - target).abs() < tol,
+            "m={m}: {value} vs {target} (tol {tol})"
+        );
         errors.push((value - target).abs());
     }
     assert!(errors[2] < 0.1 * target);
@@ -157,7 +180,11 @@ fn determinant_regulariser_converges_to_the_determinant() {
         let mean = psi.iter().sum::<f64>() / m as f64;
         let sd = (psi.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (m as f64 - 1.0)).sqrt();
         let rel_tol = 5.0 * 2.0 * sd / (mean * (m as f64).sqrt());
-        let estimate = DeterminantFunctional.value(&ds) * (4.0 * std::f64::consts::PI).powi(4) / (2.0 * a).powi(8);
-        assert!((estimate / det - 1.0).abs() < rel_tol, "m={m}: {estimate} vs {det} (rel tol {rel_tol})");
+        let estimate = DeterminantFunctional.value(&ds) * (4.0 * std::f64::consts::PI).powi(4)
+            / (2.0 * a).powi(8);
+        assert!(
+            (estimate / det - 1.0).abs() < rel_tol,
+            "m={m}: {estimate} vs {det} (rel tol {rel_tol})"
+        );
     }
 }

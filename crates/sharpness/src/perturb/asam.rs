@@ -51,7 +51,10 @@ impl Asam {
 
 impl Default for Asam {
     fn default() -> Self {
-        Self { eta: Self::DEFAULT_ETA, scope: AsamScope::Weights }
+        Self {
+            eta: Self::DEFAULT_ETA,
+            scope: AsamScope::Weights,
+        }
     }
 }
 

@@ -39,7 +39,9 @@ impl FisherSam {
 
 impl Default for FisherSam {
     fn default() -> Self {
-        Self { eta: Self::DEFAULT_ETA }
+        Self {
+            eta: Self::DEFAULT_ETA,
+        }
     }
 }
 

@@ -33,7 +33,12 @@ pub struct InfoSam {
 
 impl Clone for InfoSam {
     fn clone(&self) -> Self {
-        Self { alpha: self.alpha, damping: self.damping, mean: self.mean.clone(), pending: Mutex::new(None) }
+        Self {
+            alpha: self.alpha,
+            damping: self.damping,
+            mean: self.mean.clone(),
+            pending: Mutex::new(None),
+        }
     }
 }
 
@@ -45,20 +50,42 @@ impl InfoSam {
 
     /// infoSAM with 0 ≤ α < 1 and damping δ > 0.
     pub fn new(alpha: f64, damping: f64) -> Result<Self, SharpnessError> {
-        check("alpha", alpha, (0.0..1.0).contains(&alpha), "a number in [0, 1)")?;
-        check("damping", damping, damping.is_finite() && damping > 0.0, "a finite number > 0")?;
-        Ok(Self { alpha, damping, mean: None, pending: Mutex::new(None) })
+        check(
+            "alpha",
+            alpha,
+            (0.0..1.0).contains(&alpha),
+            "a number in [0, 1)",
+        )?;
+        check(
+            "damping",
+            damping,
+            damping.is_finite() && damping > 0.0,
+            "a finite number > 0",
+        )?;
+        Ok(Self {
+            alpha,
+            damping,
+            mean: None,
+            pending: Mutex::new(None),
+        })
     }
 
     /// The gradient moving average m_t after this step's gradient `g`.
     fn updated_mean(&self, g: &ParamSet) -> Option<ParamSet> {
-        self.mean.as_ref().map(|m| m.scale(self.alpha).add_scaled(1.0 - self.alpha, g))
+        self.mean
+            .as_ref()
+            .map(|m| m.scale(self.alpha).add_scaled(1.0 - self.alpha, g))
     }
 }
 
 impl Default for InfoSam {
     fn default() -> Self {
-        Self { alpha: Self::DEFAULT_ALPHA, damping: Self::DEFAULT_DAMPING, mean: None, pending: Mutex::new(None) }
+        Self {
+            alpha: Self::DEFAULT_ALPHA,
+            damping: Self::DEFAULT_DAMPING,
+            mean: None,
+            pending: Mutex::new(None),
+        }
     }
 }
 
@@ -85,7 +112,11 @@ impl Preconditioner for InfoSam {
 
     fn commit(&mut self, g: &ParamSet) {
         let pending = self.pending.get_mut().expect("infoSAM state").take();
-        self.mean = Some(pending.or_else(|| self.updated_mean(g)).unwrap_or_else(|| g.clone()));
+        self.mean = Some(
+            pending
+                .or_else(|| self.updated_mean(g))
+                .unwrap_or_else(|| g.clone()),
+        );
     }
 
     fn save_state(&self) -> StateRecord {

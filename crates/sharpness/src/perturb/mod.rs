@@ -68,7 +68,11 @@ pub trait Preconditioner: Send + Sync {
     fn commit(&mut self, _g: &ParamSet) {}
 
     /// Called after every successful step, e.g. to refresh SSAM's mask.
-    fn after_step(&mut self, _oracle: &mut dyn Oracle, _ctx: &StepContext) -> Result<(), SharpnessError> {
+    fn after_step(
+        &mut self,
+        _oracle: &mut dyn Oracle,
+        _ctx: &StepContext,
+    ) -> Result<(), SharpnessError> {
         Ok(())
     }
 
@@ -84,7 +88,12 @@ pub trait Preconditioner: Send + Sync {
 }
 
 /// ε = ρ · d / norm for a preconditioner's direction d (see [`Normalization`]); ε = 0 when g = 0.
-pub fn perturbation(normalization: Normalization, rho: f64, g: &ParamSet, d: &ParamSet) -> ParamSet {
+pub fn perturbation(
+    normalization: Normalization,
+    rho: f64,
+    g: &ParamSet,
+    d: &ParamSet,
+) -> ParamSet {
     let norm = match normalization {
         Normalization::Constraint => g.dot(d).max(0.0).sqrt(),
         Normalization::Objective => d.norm(),
@@ -136,13 +145,21 @@ impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
             g.clone()
         } else {
             let epsilon = self.perturbation(ctx.rho, g, oracle.weights());
-            if epsilon.squared_norm() == 0.0 { g.clone() } else { oracle.evaluate(&epsilon)?.grad }
+            if epsilon.squared_norm() == 0.0 {
+                g.clone()
+            } else {
+                oracle.evaluate(&epsilon)?.grad
+            }
         };
         self.preconditioner.commit(g);
         Ok(grad)
     }
 
-    fn after_step(&mut self, oracle: &mut dyn Oracle, ctx: &StepContext) -> Result<(), SharpnessError> {
+    fn after_step(
+        &mut self,
+        oracle: &mut dyn Oracle,
+        ctx: &StepContext,
+    ) -> Result<(), SharpnessError> {
         self.preconditioner.after_step(oracle, ctx)
     }
 

@@ -31,11 +31,35 @@ pub struct Ssam {
 impl Ssam {
     /// SSAM-F with sparsity s ∈ [0, 1), `num_samples` ≥ 1 and `refresh_every` ≥ 1 steps.
     /// The universal-SAM paper's setting: s = 0.5, 16 samples, every epoch.
-    pub fn new(sparsity: f64, num_samples: usize, refresh_every: u64) -> Result<Self, SharpnessError> {
-        check("sparsity", sparsity, (0.0..1.0).contains(&sparsity), "a number in [0, 1)")?;
-        check("num_samples", num_samples as f64, num_samples >= 1, "at least 1")?;
-        check("refresh_every", refresh_every as f64, refresh_every >= 1, "at least 1 step")?;
-        Ok(Self { sparsity, num_samples, refresh_every, mask: None })
+    pub fn new(
+        sparsity: f64,
+        num_samples: usize,
+        refresh_every: u64,
+    ) -> Result<Self, SharpnessError> {
+        check(
+            "sparsity",
+            sparsity,
+            (0.0..1.0).contains(&sparsity),
+            "a number in [0, 1)",
+        )?;
+        check(
+            "num_samples",
+            num_samples as f64,
+            num_samples >= 1,
+            "at least 1",
+        )?;
+        check(
+            "refresh_every",
+            refresh_every as f64,
+            refresh_every >= 1,
+            "at least 1 step",
+        )?;
+        Ok(Self {
+            sparsity,
+            num_samples,
+            refresh_every,
+            mask: None,
+        })
     }
 
     /// The current mask (None before the first refresh).
@@ -80,7 +104,11 @@ impl Preconditioner for Ssam {
         }
     }
 
-    fn after_step(&mut self, oracle: &mut dyn Oracle, ctx: &StepContext) -> Result<(), SharpnessError> {
+    fn after_step(
+        &mut self,
+        oracle: &mut dyn Oracle,
+        ctx: &StepContext,
+    ) -> Result<(), SharpnessError> {
         if ctx.step % self.refresh_every == 0 {
             let fisher = oracle.empirical_fisher(self.num_samples)?;
             self.set_mask_from_fisher(&fisher);

@@ -1,0 +1,4 @@
+//! Experiments built on the training loop.
+
+pub mod bias;
+pub mod table;

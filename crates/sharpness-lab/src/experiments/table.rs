@@ -1,0 +1,528 @@
+//! The comparison table: the universal-class paper's Tables 2–3 protocol (SEED-002 App. I, spec
+//! §7.4) on {MNIST, Fashion-MNIST} × {full, -S, -C}, scaled to a CPU budget.
+//!
+//! Every (dataset, variant, method, seed) cell is one [`crate::train::run`] in
+//! `out_dir/runs/<dataset><suffix>/<method>/seed<k>/`; a cell whose run is complete is read back
+//! from its checkpoint instead of being trained again, so an interrupted table resumes where it
+//! stopped (and an incomplete cell resumes from its last epoch).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, DatasetName, Variant};
+use crate::methods::{Method, MethodParams};
+use crate::models::ModelKind;
+use crate::report::{self, Figure, Panel, Series, Style};
+use crate::train::{
+    self, Checkpoint, EpochMetrics, LrScheduleKind, OptimizerKind, RhoScheduleKind, RunOptions,
+    TrainConfig,
+};
+
+/// The table's settings (hyperparameters per method are fixed by [`TableConfig::train_config`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TableConfig {
+    /// Preset name (for the report).
+    pub preset: String,
+    /// Datasets (rows of the grid).
+    pub datasets: Vec<DatasetName>,
+    /// Variants.
+    pub variants: Vec<Variant>,
+    /// Methods.
+    pub methods: Vec<Method>,
+    /// Seeds (≥ 3 for the real table).
+    pub seeds: Vec<u64>,
+    /// Network.
+    pub model: ModelKind,
+    /// MLP hidden width.
+    pub width: usize,
+    /// Epochs per run.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Initial learning rate (SGD with momentum 0.9).
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Use only the first N training examples (after the variant); `None`: all.
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first N test examples; `None`: all 10 000.
+    pub test_limit: Option<usize>,
+    /// Data cache (default: [`data::default_cache_dir`]).
+    #[serde(skip)]
+    pub cache: Option<PathBuf>,
+}
+
+impl TableConfig {
+    /// The full table: 2 datasets × 3 variants × 10 methods × 3 seeds.
+    pub fn full() -> Self {
+        Self {
+            preset: "full".into(),
+            datasets: DatasetName::ALL.to_vec(),
+            variants: Variant::ALL.to_vec(),
+            methods: Method::ALL.to_vec(),
+            seeds: vec![0, 1, 2],
+            model: ModelKind::Mlp,
+            width: 128,
+            epochs: 6,
+            batch_size: 128,
+            lr: 0.05,
+            weight_decay: 5e-4,
+            train_limit: None,
+            test_limit: None,
+            cache: None,
+        }
+    }
+
+    /// A smoke test of the whole pipeline (about 30 s, mostly loading the data): every method,
+    /// dataset and variant, two seeds (so that ± std is exercised), 512 training and 1000 test
+    /// examples, 2 epochs. Its accuracies are not meaningful, and full and -S coincide (both are
+    /// the first 512 examples).
+    pub fn quick() -> Self {
+        Self {
+            preset: "quick".into(),
+            seeds: vec![0, 1],
+            epochs: 2,
+            width: 64,
+            train_limit: Some(512),
+            test_limit: Some(1000),
+            ..Self::full()
+        }
+    }
+
+    /// The reduced preset for the main `reproduce` command: Fashion-MNIST only, all variants and
+    /// methods, 2 seeds, small subsets (a few minutes).
+    pub fn reduced() -> Self {
+        Self {
+            preset: "reduced".into(),
+            datasets: vec![DatasetName::FashionMnist],
+            seeds: vec![0, 1],
+            epochs: 3,
+            train_limit: Some(3000),
+            test_limit: Some(5000),
+            ..Self::full()
+        }
+    }
+
+    /// The training configuration of one cell: spec §7.4's protocol and the methods' published
+    /// hyperparameters (see the report's "Choices" paragraph, [`CHOICES`]).
+    pub fn train_config(
+        &self,
+        dataset: DatasetName,
+        variant: Variant,
+        method: Method,
+        seed: u64,
+    ) -> TrainConfig {
+        let mut params = MethodParams::default();
+        // Columns of the paper's tables that MNIST/Fashion-MNIST stand in for: CIFAR-10, -S, -C.
+        let col = |full: f64, small: f64, corrupt: f64| match variant {
+            Variant::Full => full,
+            Variant::Small => small,
+            Variant::Corrupt => corrupt,
+        };
+        let rho = match method {
+            Method::Gd => 0.0,
+            Method::Sam | Method::Msam | Method::Infosam => 0.05,
+            Method::Asam => {
+                params.eta = Some(0.01);
+                0.5
+            }
+            Method::Fisher => {
+                params.eta = Some(1.0);
+                0.1
+            }
+            Method::Ssam => {
+                params.sparsity = 0.5;
+                params.num_samples = 16;
+                // The reference refreshes the mask once per epoch (update_freq = 1 epoch).
+                params.refresh_every = self.steps_per_epoch(variant) as u64;
+                0.1
+            }
+            Method::TraceSam => {
+                params.samples = Some(1);
+                params.lambda = col(1.0, 0.01, 1.0);
+                0.01
+            }
+            Method::FrobSam => {
+                params.samples = Some(2);
+                params.lambda = col(5e-3, 1e-4, 0.01);
+                col(5e-3, 1e-2, 1e-2)
+            }
+            Method::DetSam => {
+                params.samples = Some(1);
+                params.half_width = 0.01;
+                params.lambda = col(1.0, 0.01, 0.01);
+                1.0
+            }
+        };
+        params.sampler_seed = seed;
+        let milestones = [0.25, 0.5, 0.75].map(|f| ((self.epochs as f64) * f).round() as usize);
+        let mut milestones: Vec<usize> = milestones
+            .into_iter()
+            .filter(|&m| m > 0 && m < self.epochs)
+            .collect();
+        milestones.dedup();
+        TrainConfig {
+            dataset,
+            variant,
+            data_seed: 0,
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+            model: self.model,
+            width: self.width,
+            method,
+            rho,
+            rho_schedule: RhoScheduleKind::Constant,
+            rho_min: 0.0,
+            method_params: params,
+            optimizer: OptimizerKind::Sgd,
+            lr: self.lr,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: self.weight_decay,
+            lr_schedule: LrScheduleKind::Multistep,
+            milestones,
+            gamma: 0.1,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            seed,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// Training examples of a variant after the limit (MNIST and Fashion-MNIST both have 60 000).
+    fn train_size(&self, variant: Variant) -> usize {
+        let n = match variant {
+            Variant::Small => 6_000,
+            Variant::Full | Variant::Corrupt => 60_000,
+        };
+        self.train_limit.map_or(n, |l| l.min(n))
+    }
+
+    fn steps_per_epoch(&self, variant: Variant) -> usize {
+        (self.train_size(variant) / self.batch_size).max(1)
+    }
+
+    /// Number of runs.
+    pub fn runs(&self) -> usize {
+        self.datasets.len() * self.variants.len() * self.methods.len() * self.seeds.len()
+    }
+}
+
+/// The documented choices, inserted into the report.
+pub const CHOICES: &str = "\
+* **Data.** CIFAR-10/100 and SVHN are not available on this machine (no network access beyond package \
+registries); MNIST and Fashion-MNIST stand in for them, in the paper's three protocols: the full training \
+set, \"-S\" (its first 10%) and \"-C\" (20% of the training labels flipped uniformly to another class, with \
+a fixed seed 0, the same for every run). The test set is always the clean one. Normalisation by the \
+published per-pixel mean/std; no augmentation (random crops and flips of CIFAR do not apply to digits).
+* **Scaling.** The paper trains ResNet-18 for 200 epochs; to fit the whole table (180 runs) into two hours \
+on 2 CPU cores, the full preset trains an MLP 784–128–128–10 (PyTorch-default initialisation) for 6 epochs \
+on the whole variant (60 000 / 6 000 / 60 000 examples). The CNN and ResNet are ~50× slower per example on \
+this CPU backend (see `sharpness-lab bench`), which would leave under one epoch per run. Measured: one \
+(dataset, variant, seed) group of 10 methods at 48 000 example-epochs took ≈ 35 s on the shared 2 cores, \
+so the full preset (≈ 756 000 example-epochs per method and seed, ×3 seeds) is estimated at ≈ 55 min \
+(budget 2 h). A reduced or quick preset states its training-set limit in the caption above.
+* **Base optimizer** (spec §7.4): SGD, momentum 0.9 (dampening 0), weight decay 5e-4, batch 128 with the \
+last incomplete batch dropped. Learning rate multiplied by 0.1 at 25%, 50% and 75% of the epochs (the \
+paper's milestones 50|100|150 of 200, scaled). Initial learning rate 0.05 (the paper's 0.1 is for \
+ResNet-18 with BatchNorm; an MLP without normalisation is less stable at 0.1 with momentum 0.9).
+* **ρ and method hyperparameters** (the universal-class paper's baselines for CIFAR-10, spec §1–§7.4): \
+SAM ρ = 0.05; ASAM ρ = 0.5, η = 0.01 (weights only, the official scope); Fisher SAM ρ = 0.1, η = 1; \
+M-SAM ρ = 0.05 (as SAM, its Euclidean radius is ≤ ρ); SSAM-F ρ = 0.1, sparsity 0.5, 16 single-example \
+draws per Fisher mask, mask refreshed once per epoch (the reference's update_freq = 1 epoch); infoSAM \
+ρ = 0.05, α and damping the library defaults (no published values). Universal class with the CIFAR-10 \
+column's selections for full / -S / -C: Trace-SAM ρ = 0.01, m = 1, λ = 1 / 0.01 / 1 (uniform samples on \
+the sphere, the intended measure); Frob-SAM m = 2, ρ = 5e-3 / 1e-2 / 1e-2, λ = 5e-3 / 1e-4 / 0.01; \
+Det-SAM ρ = 1, a = 0.01, m = 1, λ = 1 / 0.01 / 0.01. No hyperparameter was tuned on these datasets.
+* **Metric.** Test accuracy after the last epoch, mean ± sample standard deviation over the seeds (seeds \
+change the initialisation, the batch order and the methods' samplers, not the label flips).";
+
+/// One finished run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellRun {
+    /// Dataset tag, e.g. `mnist-C`.
+    pub tag: String,
+    /// Method.
+    pub method: Method,
+    /// Seed.
+    pub seed: u64,
+    /// Per-epoch metrics.
+    pub metrics: Vec<EpochMetrics>,
+}
+
+/// Runs the table (or the cells not yet complete in `out_dir`), writes `results.json`,
+/// `results.csv`, `test_accuracy.{png,svg}` and `report.md` into `out_dir`, and returns the
+/// markdown section (without a top-level title) for a larger report.
+pub fn run(config: &TableConfig, out_dir: &Path, progress: bool) -> Result<String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    report::write_atomic(
+        &out_dir.join("table_config.json"),
+        serde_json::to_string_pretty(config)?.as_bytes(),
+    )?;
+    let cache = config.cache.clone().unwrap_or_else(data::default_cache_dir);
+    let total = config.runs();
+    let mut done = 0;
+    let mut cells = Vec::new();
+    for &dataset in &config.datasets {
+        for &variant in &config.variants {
+            let loaded = data::load(dataset, variant, &cache, 0)?;
+            let tag = loaded.tag();
+            for &method in &config.methods {
+                for &seed in &config.seeds {
+                    let train_config = config.train_config(dataset, variant, method, seed);
+                    let dir = out_dir
+                        .join("runs")
+                        .join(&tag)
+                        .join(method.name())
+                        .join(format!("seed{seed}"));
+                    done += 1;
+                    let metrics = match completed(&dir, &train_config)? {
+                        Some(metrics) => metrics,
+                        None => {
+                            let cell_started = Instant::now();
+                            let options = RunOptions {
+                                out_dir: dir.clone(),
+                                resume: dir.join(train::CHECKPOINT_FILE).exists(),
+                                progress: false,
+                                stop_after: None,
+                            };
+                            let result = train::run(&train_config, &loaded, &options)?;
+                            if progress {
+                                let last = result.metrics.last().expect("≥ 1 epoch");
+                                eprintln!(
+                                    "[{done}/{total}] {tag} {} seed {seed}: test acc {:.2}% ({:.1} s, table {:.0} s)",
+                                    method.display_name(),
+                                    100.0 * last.test_acc,
+                                    cell_started.elapsed().as_secs_f64(),
+                                    started.elapsed().as_secs_f64()
+                                );
+                            }
+                            result.metrics
+                        }
+                    };
+                    cells.push(CellRun {
+                        tag: tag.clone(),
+                        method,
+                        seed,
+                        metrics,
+                    });
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    report::write_atomic(
+        &out_dir.join("results.json"),
+        serde_json::to_string_pretty(&cells)?.as_bytes(),
+    )?;
+    write_csv(out_dir, &cells)?;
+    let tags: Vec<String> = config
+        .datasets
+        .iter()
+        .flat_map(|d| {
+            config
+                .variants
+                .iter()
+                .map(move |v| format!("{d}{}", v.suffix()))
+        })
+        .collect();
+    let figure = plot(config, &tags, &cells);
+    figure.save(&out_dir.join("test_accuracy"))?;
+    let section = markdown(config, &tags, &cells, seconds);
+    let report = report::assemble_report(
+        "Comparison table (universal-class paper, Tables 2–3 protocol)",
+        "",
+        &[report::ReportSection {
+            title: format!("Test accuracy, preset `{}`", config.preset),
+            body: section.clone(),
+        }],
+    );
+    report::write_atomic(&out_dir.join("report.md"), report.as_bytes())?;
+    Ok(section)
+}
+
+/// The metrics of a run directory whose checkpoint is complete for `config`.
+fn completed(dir: &Path, config: &TrainConfig) -> Result<Option<Vec<EpochMetrics>>> {
+    let path = dir.join(train::CHECKPOINT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let ckpt = Checkpoint::load(&path)?;
+    let same = ckpt.meta.config_toml == config.to_toml()?;
+    Ok((same && ckpt.meta.epochs_done == config.epochs).then_some(ckpt.meta.metrics))
+}
+
+fn write_csv(out_dir: &Path, cells: &[CellRun]) -> Result<()> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        dataset: &'a str,
+        method: &'a str,
+        seed: u64,
+        epoch: usize,
+        train_loss: f64,
+        train_acc: f64,
+        test_loss: f64,
+        test_acc: f64,
+        seconds: f64,
+    }
+    let mut rows = Vec::new();
+    for c in cells {
+        for m in &c.metrics {
+            rows.push(Row {
+                dataset: &c.tag,
+                method: c.method.name(),
+                seed: c.seed,
+                epoch: m.epoch,
+                train_loss: m.train_loss,
+                train_acc: m.train_acc,
+                test_loss: m.test_loss,
+                test_acc: m.test_acc,
+                seconds: m.seconds,
+            });
+        }
+    }
+    report::write_atomic(&out_dir.join("results.csv"), &report::csv_bytes(&rows)?)
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n.max(1.0);
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn final_accs(cells: &[CellRun], tag: &str, method: Method) -> Vec<f64> {
+    cells
+        .iter()
+        .filter(|c| c.tag == tag && c.method == method)
+        .filter_map(|c| c.metrics.last().map(|m| 100.0 * m.test_acc))
+        .collect()
+}
+
+fn markdown(config: &TableConfig, tags: &[String], cells: &[CellRun], seconds: f64) -> String {
+    let mut headers = vec!["method"];
+    headers.extend(tags.iter().map(String::as_str));
+    let mut rows = Vec::new();
+    for &method in &config.methods {
+        let mut row = vec![method.display_name().to_string()];
+        for tag in tags {
+            let (mean, std) = mean_std(&final_accs(cells, tag, method));
+            // Bold the best mean of each column below.
+            row.push(format!("{mean:.2} ± {std:.2}"));
+        }
+        rows.push(row);
+    }
+    for (col, tag) in tags.iter().enumerate() {
+        let best = config
+            .methods
+            .iter()
+            .map(|&m| mean_std(&final_accs(cells, tag, m)).0)
+            .fold(f64::NEG_INFINITY, f64::max);
+        for (r, &m) in config.methods.iter().enumerate() {
+            if mean_std(&final_accs(cells, tag, m)).0 == best {
+                rows[r][col + 1] = format!("**{}**", rows[r][col + 1]);
+            }
+        }
+    }
+    let train_seconds: f64 = cells
+        .iter()
+        .flat_map(|c| &c.metrics)
+        .map(|m| m.seconds)
+        .sum();
+    format!(
+        "Test accuracy (%) after the last epoch, mean ± std over {} seeds ({}); best mean of each \
+         column in bold. Model {} (width {}), {} epochs, batch {}, training examples per run: {}, \
+         test examples: {}. {} runs; this invocation took {:.0} s (training steps of all runs, \
+         including earlier invocations: {:.0} s).\n\n{}\n\n![test accuracy per epoch](test_accuracy.png)\n\n\
+         *Test accuracy per epoch, mean over seeds.*\n\n**Choices.**\n\n{}\n",
+        config.seeds.len(),
+        config
+            .seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.model,
+        config.width,
+        config.epochs,
+        config.batch_size,
+        config
+            .train_limit
+            .map_or("all of the variant".into(), |l| format!(
+                "the variant's first {l}"
+            )),
+        config
+            .test_limit
+            .map_or("all 10 000".into(), |l| format!("the first {l}")),
+        config.runs(),
+        seconds,
+        train_seconds,
+        report::markdown_table(&headers, &rows),
+        CHOICES
+    )
+}
+
+fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
+    let mut panels = Vec::new();
+    for tag in tags {
+        let mut series = Vec::new();
+        let (mut lo, mut hi) = (100.0f64, 0.0f64);
+        for (k, &method) in config.methods.iter().enumerate() {
+            let runs: Vec<&CellRun> = cells
+                .iter()
+                .filter(|c| &c.tag == tag && c.method == method)
+                .collect();
+            let points: Vec<(f64, f64)> = (0..config.epochs)
+                .map(|e| {
+                    let accs: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|c| c.metrics.get(e))
+                        .map(|m| 100.0 * m.test_acc)
+                        .collect();
+                    ((e + 1) as f64, mean_std(&accs).0)
+                })
+                .collect();
+            for &(_, y) in &points {
+                lo = lo.min(y);
+                hi = hi.max(y);
+            }
+            let color = report::PALETTE[k % report::PALETTE.len()];
+            series.push(Series::new(
+                method.display_name(),
+                points,
+                color,
+                Style::LinePoints(3),
+            ));
+        }
+        let pad = ((hi - lo) * 0.1).max(0.5);
+        let mut panel = Panel::new(
+            tag.clone(),
+            "epoch",
+            "test accuracy (%)",
+            (0.5, config.epochs as f64 + 0.5),
+            (lo - pad, (hi + pad).min(100.5)),
+        );
+        panel.series = series;
+        panels.push(panel);
+    }
+    Figure {
+        title: format!(
+            "Test accuracy per epoch (mean over {} seeds, preset {})",
+            config.seeds.len(),
+            config.preset
+        ),
+        cols: config.variants.len().max(1),
+        panels,
+        panel_size: (520, 400),
+    }
+}

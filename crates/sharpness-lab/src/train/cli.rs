@@ -1,0 +1,235 @@
+//! The `train`, `table`, `data` and `bench` subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use super::{RunOptions, TrainConfig};
+use crate::data;
+use crate::experiments::table::{self, TableConfig};
+use crate::methods::Method;
+use crate::models::ModelKind;
+
+/// `sharpness-lab train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A TOML configuration (keys as the flags, with underscores); it replaces the flags below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory: config.toml, metrics.csv, metrics.json, checkpoint.bin.
+    #[arg(long, default_value = "results/train")]
+    pub out: PathBuf,
+    /// Continue the run in `--out` from its checkpoint (bit-identical to an uninterrupted run).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many completed epochs (resume later with `--resume`).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Data cache (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The run's configuration.
+    #[command(flatten)]
+    pub train: TrainConfig,
+}
+
+/// Runs `sharpness-lab train`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => TrainConfig::from_toml_file(path)?,
+        None => args.train.clone(),
+    };
+    config.validate()?;
+    let cache = args.cache.clone().unwrap_or_else(data::default_cache_dir);
+    let dataset = super::load_data(&config, &cache)?;
+    let options = RunOptions {
+        out_dir: args.out.clone(),
+        resume: args.resume,
+        progress: !args.quiet,
+        stop_after: args.stop_after,
+    };
+    let result = super::run(&config, &dataset, &options)?;
+    if let Some(last) = result.metrics.last() {
+        println!(
+            "{}: epoch {}/{}: train loss {:.4} acc {:.2}%, test loss {:.4} acc {:.2}% → {}",
+            config.label(),
+            last.epoch,
+            config.epochs,
+            last.train_loss,
+            100.0 * last.train_acc,
+            last.test_loss,
+            100.0 * last.test_acc,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `sharpness-lab table`.
+#[derive(Args, Debug)]
+pub struct TableArgs {
+    /// The smoke-test preset (every method and variant, tiny subsets; about 30 s).
+    #[arg(long, conflicts_with = "reduced")]
+    pub quick: bool,
+    /// The reduced preset of `reproduce` (Fashion-MNIST, 2 seeds, small subsets).
+    #[arg(long)]
+    pub reduced: bool,
+    /// Output directory.
+    #[arg(long, default_value = "results/table")]
+    pub out: PathBuf,
+    /// Data cache (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Override the preset's seeds.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Override the preset's methods.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
+    /// Override the preset's datasets.
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Option<Vec<data::DatasetName>>,
+    /// Override the preset's variants.
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Option<Vec<data::Variant>>,
+    /// Override the preset's epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override the preset's training-set limit (0: no limit).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+}
+
+/// Runs `sharpness-lab table`.
+pub fn table(args: TableArgs) -> Result<()> {
+    let mut config = if args.quick {
+        TableConfig::quick()
+    } else if args.reduced {
+        TableConfig::reduced()
+    } else {
+        TableConfig::full()
+    };
+    config.cache = args.cache;
+    if let Some(seeds) = args.seeds {
+        config.seeds = seeds;
+    }
+    if let Some(methods) = args.methods {
+        config.methods = methods;
+    }
+    if let Some(datasets) = args.datasets {
+        config.datasets = datasets;
+    }
+    if let Some(variants) = args.variants {
+        config.variants = variants;
+    }
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
+    if let Some(limit) = args.train_limit {
+        config.train_limit = (limit > 0).then_some(limit);
+    }
+    eprintln!(
+        "table preset `{}`: {} runs → {}",
+        config.preset,
+        config.runs(),
+        args.out.display()
+    );
+    table::run(&config, &args.out, true)?;
+    println!("wrote {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+/// `sharpness-lab data`.
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Fetch MNIST and Fashion-MNIST into the cache (set-up step; verifies SHA-256 sums).
+    Fetch {
+        /// Cache directory (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Verify the cached files against the recorded SHA-256 sums.
+    Verify {
+        /// Cache directory (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
+/// Runs `sharpness-lab data …`.
+pub fn data(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Fetch { cache } => {
+            let cache = cache.unwrap_or_else(data::default_cache_dir);
+            data::fetch_all(&cache, &mut |line| eprintln!("{line}"))
+        }
+        DataCommand::Verify { cache } => {
+            let cache = cache.unwrap_or_else(data::default_cache_dir);
+            data::verify_cache(&cache)?;
+            println!(
+                "all data files in {} match the recorded sums",
+                cache.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `sharpness-lab bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Network.
+    #[arg(long, value_enum, default_value_t = ModelKind::Cnn)]
+    pub model: ModelKind,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed steps per method (median reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps per method.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Methods (default: all; SGD is always measured first for the ratios).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
+    /// JSON output.
+    #[arg(long, default_value = "results/bench.json")]
+    pub out: PathBuf,
+}
+
+/// Runs `sharpness-lab bench`.
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be ≥ 1");
+    }
+    let mut methods = vec![Method::Gd];
+    methods.extend(
+        args.methods
+            .unwrap_or_else(|| Method::ALL.to_vec())
+            .into_iter()
+            .filter(|&m| m != Method::Gd),
+    );
+    let report = super::bench::run(
+        args.model,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        &methods,
+        &mut |line| eprintln!("{line}"),
+    )?;
+    if report.profile == "debug" {
+        eprintln!("note: debug build; measure with --release");
+    }
+    println!("{}", super::bench::markdown(&report));
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::report::write_atomic(&args.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
