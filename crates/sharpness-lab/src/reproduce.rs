@@ -22,6 +22,9 @@ pub struct ReproduceArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Run only these experiments (repeatable): toys, bias, table.
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
 }
 
 /// An experiment of `reproduce`: writes its files under the output directory, advances the
@@ -81,7 +84,16 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let mut sections = vec![];
     let mut timings = vec![];
-    for (name, experiment, needs_data) in SECTIONS {
+    for only in &args.only {
+        anyhow::ensure!(
+            SECTIONS.iter().any(|(name, _, _)| name == only),
+            "unknown experiment `{only}` (expected one of: toys, bias, table)"
+        );
+    }
+    let selected = SECTIONS
+        .iter()
+        .filter(|(name, _, _)| args.only.is_empty() || args.only.iter().any(|o| o == name));
+    for (name, experiment, needs_data) in selected {
         if *needs_data {
             ensure_data(&progress)?;
         }

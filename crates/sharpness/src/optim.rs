@@ -1,5 +1,6 @@
 //! The optimizer wrapper, written once for every method: [`SharpnessAware`].
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use burn::module::Module;
@@ -428,17 +429,20 @@ fn evaluate_loss<M: Module>(
 /// The [`Oracle`] of one step: evaluates the objective on fresh perturbed copies of `model`.
 struct ModelOracle<'a, M, O> {
     model: &'a M,
-    weights: ParamSet,
+    layout: &'a ParamSet,
+    /// w, read from the model on first use (most `after_step` hooks never need it).
+    weights: OnceCell<ParamSet>,
     objective: &'a mut O,
     step: u64,
     passes: usize,
 }
 
 impl<'a, M: Module, O: Objective<M>> ModelOracle<'a, M, O> {
-    fn new(model: &'a M, layout: &ParamSet, objective: &'a mut O, step: u64) -> Self {
+    fn new(model: &'a M, layout: &'a ParamSet, objective: &'a mut O, step: u64) -> Self {
         Self {
             model,
-            weights: ParamSet::weights_like(model, layout),
+            layout,
+            weights: OnceCell::new(),
             objective,
             step,
             passes: 1,
@@ -447,7 +451,7 @@ impl<'a, M: Module, O: Objective<M>> ModelOracle<'a, M, O> {
 
     /// A gradient with the layout of `weights`: zeros where `grad` has none.
     fn aligned(&self, grad: &ParamSet) -> ParamSet {
-        self.weights.map(|e| {
+        self.weights().map(|e| {
             grad.get(e.id)
                 .map(|g| g.value.clone())
                 .unwrap_or_else(|| e.value.zeros_like())
@@ -457,7 +461,8 @@ impl<'a, M: Module, O: Objective<M>> ModelOracle<'a, M, O> {
 
 impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
     fn weights(&self) -> &ParamSet {
-        &self.weights
+        self.weights
+            .get_or_init(|| ParamSet::weights_like(self.model, self.layout))
     }
 
     fn evaluate(&mut self, delta: &ParamSet) -> Result<Evaluation, SharpnessError> {
@@ -472,7 +477,7 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
 
     fn empirical_fisher(&mut self, num_samples: usize) -> Result<ParamSet, SharpnessError> {
         let copy = self.model.valid().train();
-        let mut fisher = self.weights.zeros_like();
+        let mut fisher = self.weights().zeros_like();
         for draw in 0..num_samples {
             let loss = self.objective.example_loss(&copy, draw).ok_or_else(|| {
                 SharpnessError::Unsupported(
