@@ -10,8 +10,13 @@ use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then a rename.
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory (created if
+/// missing), flushed to disk, then renamed over `path`; a crash leaves either the old or the new
+/// file, never a mixture.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let tmp = temp_path(path);
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;

@@ -37,6 +37,8 @@
 //! let model = step.model; // the caller's model was never modified
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod estimator;
 pub mod measure;

@@ -244,23 +244,11 @@ fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
         .neg()
 }
 
-/// Flat images `[b, 784]` (f32) and labels of the examples `indices`.
+/// Flat images `[b, 784]` (f32) and labels of the examples `indices` (the training loop's
+/// batches, flattened for the MLP).
 fn batch(split: &Split, indices: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
-    let mut pixels = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
-    for &i in indices {
-        pixels.extend_from_slice(split.image(i));
-    }
-    let labels: Vec<i64> = indices
-        .iter()
-        .map(|&i| i64::from(split.labels[i]))
-        .collect();
-    (
-        Tensor::from_data(
-            TensorData::new(pixels, [indices.len(), IMAGE_PIXELS]),
-            device,
-        ),
-        Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
-    )
+    let (x, y) = crate::train::batch_tensors(split, indices, device);
+    (x.reshape([indices.len(), IMAGE_PIXELS]), y)
 }
 
 fn test_accuracy(model: &Mlp6, test: &Split, device: &Device) -> f64 {
