@@ -140,9 +140,10 @@ pub struct MethodParams {
     /// SSAM-F: single examples per Fisher mask estimate.
     #[arg(long, default_value_t = 16)]
     pub num_samples: usize,
-    /// SSAM-F: refresh the mask every this many steps.
-    #[arg(long, default_value_t = 1)]
-    pub refresh_every: u64,
+    /// SSAM-F: refresh the mask every this many steps (default: once per epoch in training, as
+    /// the reference code; every step on the deterministic toys).
+    #[arg(long)]
+    pub refresh_every: Option<u64>,
     /// infoSAM: weight of the past in the gradient moving average.
     #[arg(long, default_value_t = InfoSam::DEFAULT_ALPHA)]
     pub alpha: f64,
@@ -173,7 +174,7 @@ impl Default for MethodParams {
             asam_all_tensors: false,
             sparsity: 0.5,
             num_samples: 16,
-            refresh_every: 1,
+            refresh_every: None,
             alpha: InfoSam::DEFAULT_ALPHA,
             damping: InfoSam::DEFAULT_DAMPING,
             lambda: 1.0,
@@ -209,7 +210,7 @@ pub fn estimator(method: Method, params: &MethodParams) -> Result<Box<dyn Gradie
         Method::Ssam => Box::new(TwoPass::new(Ssam::new(
             params.sparsity,
             params.num_samples,
-            params.refresh_every,
+            params.refresh_every.unwrap_or(1),
         )?)),
         Method::Infosam => Box::new(TwoPass::new(InfoSam::new(params.alpha, params.damping)?)),
         Method::TraceSam => {

@@ -57,6 +57,6 @@ pub fn tiny_config(model: ModelKind, method: Method) -> TrainConfig {
         ..TrainConfig::default()
     };
     config.method_params.num_samples = 4;
-    config.method_params.refresh_every = 2;
+    config.method_params.refresh_every = Some(2);
     config
 }

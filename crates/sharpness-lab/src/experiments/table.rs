@@ -137,7 +137,7 @@ impl TableConfig {
                 params.sparsity = 0.5;
                 params.num_samples = 16;
                 // The reference refreshes the mask once per epoch (update_freq = 1 epoch).
-                params.refresh_every = self.steps_per_epoch(variant) as u64;
+                params.refresh_every = Some(self.steps_per_epoch(variant) as u64);
                 0.1
             }
             Method::TraceSam => {

@@ -72,7 +72,7 @@ pub fn run(
             ..TrainConfig::default()
         };
         let params = MethodParams {
-            refresh_every: 1,
+            refresh_every: Some(1),
             ..bench_params(method)
         };
         let estimator = crate::methods::estimator(method, &params)?;

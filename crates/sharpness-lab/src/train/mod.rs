@@ -161,7 +161,12 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
     let checkpoint_path = out.join(CHECKPOINT_FILE);
 
     let mut model = Network::new(config.model, config.width, config.seed, &device);
-    let estimator = crate::methods::estimator(config.method, &config.method_params)?;
+    // SSAM-F refreshes its mask once per epoch unless told otherwise (the reference schedule).
+    let mut method_params = config.method_params.clone();
+    method_params
+        .refresh_every
+        .get_or_insert(steps_per_epoch as u64);
+    let estimator = crate::methods::estimator(config.method, &method_params)?;
     let mut optimizer =
         SharpnessAware::from_boxed(estimator, config.base_optimizer()?, config.rho_schedule()?);
     let mut metrics = Vec::new();
