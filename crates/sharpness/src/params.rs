@@ -245,13 +245,13 @@ impl ParamSet {
             self.entries
                 .iter()
                 .zip(&other.entries)
-                .map(|(a, b)| (a.value.clone() * b.value.clone()).sum()),
+                .map(|(a, b)| flat_dot(&a.value, &b.value)),
         )
     }
 
     /// Global squared Euclidean norm Σ_p ‖x_p‖².
     pub fn squared_norm(&self) -> f64 {
-        sum_of_partials(self.entries.iter().map(|e| e.value.clone().square().sum()))
+        sum_of_partials(self.entries.iter().map(|e| flat_dot(&e.value, &e.value)))
     }
 
     /// Global Euclidean norm.
@@ -259,11 +259,11 @@ impl ParamSet {
         self.squared_norm().sqrt()
     }
 
-    /// Whether every coordinate is finite. One global reduction: a NaN or ±∞ anywhere (or a sum
-    /// overflowing the float type, which only a useless gradient can cause) makes the sum
-    /// non-finite.
+    /// Whether every coordinate is finite. One global reduction: a NaN or ±∞ anywhere (or a
+    /// squared norm overflowing the float type, which only a useless gradient can cause) makes
+    /// the squared norm non-finite.
     pub fn all_finite(&self) -> bool {
-        sum_of_partials(self.entries.iter().map(|e| e.value.clone().abs().sum())).is_finite()
+        self.squared_norm().is_finite()
     }
 
     /// The values of every tensor, concatenated in order, as `f64` (for tests and small problems).
@@ -294,6 +294,19 @@ impl ParamSet {
     pub fn add_to_module<M: Module>(&self, module: M) -> M {
         module.map(&mut AddDelta { delta: self })
     }
+}
+
+/// ⟨a, b⟩ of two flat tensors as a one-element tensor. A 1×n by n×1 matrix product: on the CPU
+/// backend this runs through the optimised GEMM and is ~10× faster than `(a * b).sum()`.
+fn flat_dot(a: &Tensor<1>, b: &Tensor<1>) -> Tensor<1> {
+    let n = a.dims()[0];
+    if n == 0 {
+        return Tensor::<1>::zeros([1], (&a.device(), a.dtype()));
+    }
+    a.clone()
+        .reshape([1, n])
+        .matmul(b.clone().reshape([n, 1]))
+        .reshape([1])
 }
 
 /// Sums scalar tensors (one per parameter tensor) with a single read back from the device.
