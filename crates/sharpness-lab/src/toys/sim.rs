@@ -96,8 +96,9 @@ pub fn run(
     Ok(traj)
 }
 
-/// Runs one trajectory per start, spread over the available cores (`std::thread::scope`),
-/// keeping only the end points. Results are in the order of `starts`.
+/// Runs one trajectory per start, spread over the available cores (`std::thread::scope`; each
+/// worker takes the next unstarted start, so runs that stop early do not leave a core idle).
+/// Results are in the order of `starts`.
 pub fn run_many(
     loss: Loss,
     method: Method,
@@ -113,19 +114,20 @@ pub fn run_many(
         .map(|n| n.get())
         .unwrap_or(1)
         .min(starts.len().max(1));
-    let chunk = starts.len().div_ceil(threads.max(1)).max(1);
-    let results: Vec<Result<Vec<Trajectory>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = starts
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|s| {
-                            let t = run(loss, method, params, rho, lr, steps, *s);
-                            on_done();
-                            t
-                        })
-                        .collect::<Result<Vec<_>>>()
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Vec<(usize, Result<Trajectory>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(start) = starts.get(i) else {
+                            break done;
+                        };
+                        done.push((i, run(loss, method, params, rho, lr, steps, *start)));
+                        on_done();
+                    }
                 })
             })
             .collect();
@@ -134,11 +136,9 @@ pub fn run_many(
             .map(|h| h.join().expect("toy worker panicked"))
             .collect()
     });
-    let mut all = Vec::with_capacity(starts.len());
-    for r in results {
-        all.extend(r?);
-    }
-    Ok(all)
+    let mut indexed: Vec<(usize, Result<Trajectory>)> = results.into_iter().flatten().collect();
+    indexed.sort_by_key(|(i, _)| *i);
+    indexed.into_iter().map(|(_, t)| t).collect()
 }
 
 /// `n` evenly spaced values from `lo` to `hi` (numpy's linspace).
