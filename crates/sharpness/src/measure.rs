@@ -40,7 +40,7 @@
 //! (PyHessian) computes. `sharpness-lab`'s bias experiment does this.
 //!
 //! # Estimators (all seeded, `rand_chacha`)
-//! - [`Hessian::trace`]: Hutchinson, tr H = E[vᵀHv] for Rademacher v (vᵢ = ±1);
+//! - [`Hessian::trace`]: Hutchinson, tr H = E(vᵀHv) for Rademacher v (vᵢ = ±1);
 //!   Var vᵀHv = 2(‖H‖²_F − Σᵢ Hᵢᵢ²).
 //! - [`Hessian::frobenius_squared`]: ‖H‖²_F = tr H² = E‖Hv‖² for v ~ N(0, I);
 //!   Var ‖Hv‖² = 2‖H²‖²_F. (The universal-SAM paper's metric, 100 probes.)
@@ -411,7 +411,7 @@ impl<M: Module, D: DatasetLoss<M>> Hessian<M, D> {
     }
 
     /// Hutchinson's estimate of tr H with `probes` Rademacher vectors:
-    /// tr H = E[vᵀHv], Var vᵀHv = 2(‖H‖²_F − Σᵢ Hᵢᵢ²). Cost: 2 × `probes` gradients.
+    /// tr H = E(vᵀHv), Var vᵀHv = 2(‖H‖²_F − Σᵢ Hᵢᵢ²). Cost: 2 × `probes` gradients.
     pub fn trace(&mut self, probes: usize, seed: u64) -> Result<Estimate, SharpnessError> {
         check_probes(probes)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -94,7 +94,7 @@ impl Functional for GeneralFunctional {
     }
 }
 
-/// Trace: φ = ψ = id, so S = E[uᵀHu] ∝ tr ∇²L (tr H/d on the unit sphere, tr H for N(0, I)).
+/// Trace: φ = ψ = id, so S = E(uᵀHu) ∝ tr ∇²L (tr H/d on the unit sphere, tr H for N(0, I)).
 /// cᵢ = λ/m. With λ = 1 and the sphere this is average-direction SAM (Wen et al. 2023).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TraceFunctional;

@@ -19,7 +19,7 @@ use crate::params::ParamSet;
 /// σ̂²_t = (m_t − g_t)²,
 /// ε_t = ρ (g_t ⊘ (σ̂²_t + δ)) / ‖g_t ⊘ (σ̂²_t + δ)‖   (global norm),
 ///
-/// an objective-preconditioned perturbation with P = diag(1/(σ̂² + δ)). Choices made here [INFER]:
+/// an objective-preconditioned perturbation with P = diag(1/(σ̂² + δ)). Choices made here (the spec marks them INFER):
 /// the first step is plain SAM (the draft sets σ̂² = 1 there); the damping δ (default 1e-8) keeps
 /// coordinates with σ̂² = 0 finite (the draft divides by zero); α defaults to 0.9.
 #[derive(Debug)]

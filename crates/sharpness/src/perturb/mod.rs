@@ -14,7 +14,7 @@
 //! | [`Ssam`] | gradient-normalised mask, P = diag(M) | M ⊙ g | ρ d/‖g‖ |
 //!
 //! A new geometry is one small [`Preconditioner`]; [`TwoPass`] turns any of them into a
-//! [`GradientEstimator`](crate::GradientEstimator): pass 1 at w (done by the optimizer), ε, pass 2
+//! [`GradientEstimator`]: pass 1 at w (done by the optimizer), ε, pass 2
 //! at w + ε on the same batch, G = ∇L(w + ε).
 
 mod asam;
