@@ -3,6 +3,7 @@
 
 mod train_common;
 
+use sharpness_lab::data::Dataset;
 use sharpness_lab::methods::Method;
 use sharpness_lab::models::ModelKind;
 use sharpness_lab::train::{self, RunOptions, TrainConfig};
@@ -83,8 +84,8 @@ fn resume_is_bit_identical_adamw_cosine_proportional_rho() {
     check_resume(&config, 128);
 }
 
-#[test]
-fn corrupt_checkpoint_is_a_clear_error() {
+/// A 2-epoch SGD run on a tiny MLP stopped after its first epoch (checkpoint on disk).
+fn interrupted_run() -> (Dataset, TrainConfig, tempfile::TempDir) {
     let data = tiny_dataset(64, 20);
     let config = TrainConfig {
         epochs: 2,
@@ -100,6 +101,12 @@ fn corrupt_checkpoint_is_a_clear_error() {
         },
     )
     .unwrap();
+    (data, config, dir)
+}
+
+#[test]
+fn corrupt_checkpoint_is_a_clear_error() {
+    let (data, config, dir) = interrupted_run();
     let path = dir.path().join(train::CHECKPOINT_FILE);
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
@@ -135,21 +142,7 @@ fn corrupt_checkpoint_is_a_clear_error() {
 
 #[test]
 fn resume_refuses_another_configuration_and_fresh_runs_refuse_to_overwrite() {
-    let data = tiny_dataset(64, 20);
-    let config = TrainConfig {
-        epochs: 2,
-        ..tiny_config(ModelKind::Mlp, Method::Gd)
-    };
-    let dir = tempfile::tempdir().unwrap();
-    train::run(
-        &config,
-        &data,
-        &RunOptions {
-            stop_after: Some(1),
-            ..RunOptions::new(dir.path())
-        },
-    )
-    .unwrap();
+    let (data, config, dir) = interrupted_run();
     let other = TrainConfig {
         lr: 0.2,
         ..config.clone()

@@ -11,18 +11,23 @@ use sharpness::universal::{
 };
 use sharpness::{Evaluation, ParamSet};
 
-/// cᵢ = λ ∂R̂/∂Δᵢ, checked by central differences of `value`, for every functional (this is what
-/// makes G the exact gradient of L + λρ²R̂ with the samples held fixed).
-#[test]
-fn weights_are_the_derivatives_of_the_sample_regulariser() {
-    let deltas = [0.3, -0.7, 1.9, 0.05];
-    let general = GeneralFunctional {
+/// Frob-SAM's biased form through the general (φ, ψ) interface: ψ = (t², t), φ(a, b) = (a − b²)/2.
+fn frob_biased() -> GeneralFunctional {
+    GeneralFunctional {
         name: "frob-biased".into(),
         phi: |p| (p[0] - p[1] * p[1]) / 2.0,
         psi: vec![|t| t * t, |t| t],
         psi_prime: vec![|t| 2.0 * t, |_| 1.0],
         phi_gradient: |p| vec![0.5, -p[1]],
-    };
+    }
+}
+
+/// cᵢ = λ ∂R̂/∂Δᵢ, checked by central differences of `value`, for every functional (this is what
+/// makes G the exact gradient of L + λρ²R̂ with the samples held fixed).
+#[test]
+fn weights_are_the_derivatives_of_the_sample_regulariser() {
+    let deltas = [0.3, -0.7, 1.9, 0.05];
+    let general = frob_biased();
     let functionals: Vec<Box<dyn Functional>> = vec![
         Box::new(TraceFunctional),
         Box::new(FrobeniusFunctional),
@@ -53,13 +58,7 @@ fn weights_are_the_derivatives_of_the_sample_regulariser() {
 
 #[test]
 fn frobenius_biased_general_form_is_the_unbiased_one_times_m_minus_one_over_m() {
-    let general = GeneralFunctional {
-        name: "frob-biased".into(),
-        phi: |p| (p[0] - p[1] * p[1]) / 2.0,
-        psi: vec![|t| t * t, |t| t],
-        psi_prime: vec![|t| 2.0 * t, |_| 1.0],
-        phi_gradient: |p| vec![0.5, -p[1]],
-    };
+    let general = frob_biased();
     let deltas = [0.3, -0.7, 1.9];
     let biased = general.weights(&deltas, 1.0);
     let unbiased = FrobeniusFunctional.weights(&deltas, 1.0);
