@@ -178,7 +178,7 @@ impl ParamSet {
         self.map_indexed(|i, e| f(e.value.clone(), other.entries[i].value.clone()))
     }
 
-    fn map_indexed(&self, mut f: impl FnMut(usize, &ParamTensor) -> Tensor<1>) -> Self {
+    pub(crate) fn map_indexed(&self, mut f: impl FnMut(usize, &ParamTensor) -> Tensor<1>) -> Self {
         let entries = self
             .entries
             .iter()

@@ -1,6 +1,6 @@
 //! ASAM (Kwon et al., ICML 2021; spec §2).
 
-use super::{Normalization, Preconditioner};
+use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check_non_negative};
 use crate::params::{ParamSet, ParamTensor};
 
@@ -68,15 +68,21 @@ impl Preconditioner for Asam {
     }
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        g.map(|e| {
-            let grad = e.value.clone();
-            match w.get(e.id) {
-                Some(weight) if self.rescales(weight) => {
-                    let t = weight.value.clone().abs().add_scalar(self.eta);
-                    grad * t.square()
-                }
-                _ => grad,
-            }
-        })
+        diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, self.normalization(), rho, g, w)
+    }
+}
+
+impl DiagonalRule for Asam {
+    /// T_w² g with T_w = |w| + η on the rescaled tensors, g elsewhere.
+    fn rule_for<X: Coordinate>(&self, tensor: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+        let (rescale, eta) = (self.rescales(tensor), self.eta);
+        move |g, w, _aux| match rescale {
+            true => g * w.abs().add_scalar(eta).square(),
+            false => g,
+        }
     }
 }

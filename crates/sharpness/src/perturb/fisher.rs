@@ -1,8 +1,8 @@
 //! Fisher SAM (Kim, Li, Hu & Hospedales, ICML 2022; spec §3).
 
-use super::{Normalization, Preconditioner};
+use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check_non_negative};
-use crate::params::ParamSet;
+use crate::params::{ParamSet, ParamTensor};
 
 /// Fisher SAM: the perturbation on the Fisher ball δᵀF δ ≤ ρ² with the diagonal empirical Fisher
 /// from the batch gradient, F = I + η diag(g ⊙ g):
@@ -54,8 +54,19 @@ impl Preconditioner for FisherSam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, self.normalization(), rho, g, w)
+    }
+}
+
+impl DiagonalRule for FisherSam {
+    /// F⁻¹g = g / (1 + η g²).
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
         let eta = self.eta;
-        g.map(|e| e.value.clone() / e.value.clone().square().mul_scalar(eta).add_scalar(1.0))
+        move |g, _w, _aux| g.clone() / g.square().mul_scalar(eta).add_scalar(1.0)
     }
 }

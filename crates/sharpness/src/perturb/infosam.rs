@@ -1,13 +1,11 @@
 //! infoSAM (Zhang, Li & Giannakis, ICASSP 2025; spec §8) — a documented reconstruction.
 
-use std::sync::Mutex;
-
 use burn::tensor::Device;
 
-use super::{Normalization, Preconditioner};
+use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::StateRecord;
-use crate::params::ParamSet;
+use crate::params::{ParamSet, ParamTensor};
 
 /// infoSAM: SAM whose perturbation weights each gradient coordinate by the inverse of an estimate
 /// of its stochastic-gradient noise variance, so that the adversary does not chase noise.
@@ -16,30 +14,18 @@ use crate::params::ParamSet;
 /// `INFOSAM` class of the co-author's VaSSO repository (spec §8), per coordinate:
 ///
 /// m_t = α m_{t−1} + (1−α) g_t   (m initialised to the first g),
-/// σ̂²_t = (m_t − g_t)²,
+/// σ̂²_t = (m_t − g_t)² = α² (m_{t−1} − g_t)²,
 /// ε_t = ρ (g_t ⊘ (σ̂²_t + δ)) / ‖g_t ⊘ (σ̂²_t + δ)‖   (global norm),
 ///
 /// an objective-preconditioned perturbation with P = diag(1/(σ̂² + δ)). Choices made here (the spec marks them INFER):
 /// the first step is plain SAM (the draft sets σ̂² = 1 there); the damping δ (default 1e-8) keeps
 /// coordinates with σ̂² = 0 finite (the draft divides by zero); α defaults to 0.9.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct InfoSam {
     alpha: f64,
     damping: f64,
+    /// m_{t−1}, the moving average of the gradients of the steps so far.
     mean: Option<ParamSet>,
-    /// m_t computed by `direction`, kept until `commit` (so it is computed once per step).
-    pending: Mutex<Option<ParamSet>>,
-}
-
-impl Clone for InfoSam {
-    fn clone(&self) -> Self {
-        Self {
-            alpha: self.alpha,
-            damping: self.damping,
-            mean: self.mean.clone(),
-            pending: Mutex::new(None),
-        }
-    }
 }
 
 impl InfoSam {
@@ -66,15 +52,7 @@ impl InfoSam {
             alpha,
             damping,
             mean: None,
-            pending: Mutex::new(None),
         })
-    }
-
-    /// The gradient moving average m_t after this step's gradient `g`.
-    fn updated_mean(&self, g: &ParamSet) -> Option<ParamSet> {
-        self.mean
-            .as_ref()
-            .map(|m| m.scale(self.alpha).add_scaled(1.0 - self.alpha, g))
     }
 }
 
@@ -84,7 +62,6 @@ impl Default for InfoSam {
             alpha: Self::DEFAULT_ALPHA,
             damping: Self::DEFAULT_DAMPING,
             mean: None,
-            pending: Mutex::new(None),
         }
     }
 }
@@ -98,27 +75,20 @@ impl Preconditioner for InfoSam {
         Normalization::Objective
     }
 
-    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
-        match self.updated_mean(g) {
-            None => g.clone(),
-            Some(m) => {
-                let damping = self.damping;
-                let d = g.zip_map(&m, |g, m| g.clone() / (m - g).square().add_scalar(damping));
-                *self.pending.lock().expect("infoSAM state") = Some(m);
-                d
-            }
-        }
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 
     fn commit(&mut self, g: &ParamSet) {
-        let pending = self.pending.get_mut().expect("infoSAM state").take();
-        self.mean = Some(
-            pending
-                .or_else(|| self.updated_mean(g))
-                .unwrap_or_else(|| g.clone()),
-        );
+        self.mean = Some(match &self.mean {
+            Some(m) => m.scale(self.alpha).add_scaled(1.0 - self.alpha, g),
+            None => g.clone(),
+        });
     }
-
     fn save_state(&self) -> StateRecord {
         let mut state = StateRecord::default();
         if let Some(m) = &self.mean {
@@ -133,5 +103,23 @@ impl Preconditioner for InfoSam {
             false => None,
         };
         Ok(())
+    }
+}
+
+impl DiagonalRule for InfoSam {
+    /// g / (α²(m_{t−1} − g)² + δ); g on the first step (no average yet).
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+        let (alpha_squared, damping) = (self.alpha * self.alpha, self.damping);
+        move |g, _w, mean| match mean {
+            Some(m) => {
+                let variance = (m - g.clone()).square().mul_scalar(alpha_squared);
+                g / variance.add_scalar(damping)
+            }
+            None => g,
+        }
+    }
+
+    fn auxiliary(&self) -> Option<&ParamSet> {
+        self.mean.as_ref()
     }
 }

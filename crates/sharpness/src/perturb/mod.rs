@@ -15,9 +15,15 @@
 //!
 //! A new geometry is one small [`Preconditioner`]; [`TwoPass`] turns any of them into a
 //! [`GradientEstimator`]: pass 1 at w (done by the optimizer), ε, pass 2
-//! at w + ε on the same batch, G = ∇L(w + ε).
+//! at w + ε on the same batch, G = ∇L(w + ε). Every method above is diagonal (up to Monge's
+//! global factor), so each writes its formula once as a [`DiagonalRule`]; the library evaluates it
+//! as tensor operations on any backend, or fused into two passes over memory on the CPU backend
+//! (see [`diagonal`]). A preconditioner that is not diagonal implements
+//! [`Preconditioner::direction`] with tensor operations and keeps the default
+//! [`Preconditioner::perturbation`].
 
 mod asam;
+pub mod diagonal;
 mod fisher;
 mod infosam;
 mod monge;
@@ -25,6 +31,7 @@ mod sam;
 mod ssam;
 
 pub use asam::{Asam, AsamScope};
+pub use diagonal::{Coordinate, DiagonalRule};
 pub use fisher::FisherSam;
 pub use infosam::InfoSam;
 pub use monge::MongeSam;
@@ -64,6 +71,18 @@ pub trait Preconditioner: Send + Sync {
     /// depends on this step's gradient must only be committed in [`Preconditioner::commit`].
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet;
 
+    /// The perturbation ε = ρ d/‖d‖_* ([`normalize`] of [`Preconditioner::direction`]).
+    /// Diagonal rules override it with the fused [`diagonal::perturbation`], which computes the
+    /// same ε in two passes over memory.
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        let epsilon = normalize(self.normalization(), rho, g, &self.direction(g, w));
+        let squared_norm = epsilon.squared_norm();
+        Perturbation {
+            epsilon,
+            squared_norm,
+        }
+    }
+
     /// Commits state for this step (called only once the step has succeeded).
     fn commit(&mut self, _g: &ParamSet) {}
 
@@ -87,13 +106,17 @@ pub trait Preconditioner: Send + Sync {
     }
 }
 
+/// A perturbation ε and its squared Euclidean norm.
+#[derive(Clone, Debug)]
+pub struct Perturbation {
+    /// ε, with the gradient's layout.
+    pub epsilon: ParamSet,
+    /// ‖ε‖² (exactly 0 when ε = 0, e.g. for a zero gradient).
+    pub squared_norm: f64,
+}
+
 /// ε = ρ · d / norm for a preconditioner's direction d (see [`Normalization`]); ε = 0 when g = 0.
-pub fn perturbation(
-    normalization: Normalization,
-    rho: f64,
-    g: &ParamSet,
-    d: &ParamSet,
-) -> ParamSet {
+pub fn normalize(normalization: Normalization, rho: f64, g: &ParamSet, d: &ParamSet) -> ParamSet {
     let norm = match normalization {
         Normalization::Constraint => g.dot(d).max(0.0).sqrt(),
         Normalization::Objective => d.norm(),
@@ -124,8 +147,7 @@ impl<P: Preconditioner> TwoPass<P> {
 
     /// The perturbation this estimator would apply for gradient `g` at weights `w`.
     pub fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        let d = self.preconditioner.direction(g, w);
-        perturbation(self.preconditioner.normalization(), rho, g, &d)
+        self.preconditioner.perturbation(rho, g, w).epsilon
     }
 }
 
@@ -144,11 +166,13 @@ impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
         let grad = if ctx.rho == 0.0 {
             g.clone()
         } else {
-            let epsilon = self.perturbation(ctx.rho, g, oracle.weights());
-            if epsilon.squared_norm() == 0.0 {
+            let perturbation = self
+                .preconditioner
+                .perturbation(ctx.rho, g, oracle.weights());
+            if perturbation.squared_norm == 0.0 {
                 g.clone()
             } else {
-                oracle.evaluate(&epsilon)?.grad
+                oracle.evaluate(&perturbation.epsilon)?.grad
             }
         };
         self.preconditioner.commit(g);

@@ -1,7 +1,7 @@
 //! Monge SAM (Jacobsen & Arvanitidis 2025, eq. 9; spec §4).
 
-use super::{Normalization, Preconditioner};
-use crate::params::ParamSet;
+use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use crate::params::{ParamSet, ParamTensor};
 
 /// M-SAM: the perturbation under the Monge metric G = I + ∇ℓ∇ℓᵀ of the loss surface seen as the
 /// graph θ ↦ (θ, ℓ(θ)):
@@ -32,7 +32,22 @@ impl Preconditioner for MongeSam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
-        g.scale(1.0 / (1.0 + g.squared_norm()))
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, self.normalization(), rho, g, w)
+    }
+}
+
+impl DiagonalRule for MongeSam {
+    /// C g = g/(1+‖g‖²): the coordinates are g, the global factor 1/(1+‖g‖²).
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+        |g, _w, _aux| g
+    }
+
+    fn global_factor(&self, grad_squared_norm: f64) -> f64 {
+        1.0 / (1.0 + grad_squared_norm)
     }
 }

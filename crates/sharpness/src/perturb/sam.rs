@@ -1,7 +1,7 @@
 //! SAM (Foret et al., ICLR 2021; spec §1).
 
-use super::{Normalization, Preconditioner};
-use crate::params::ParamSet;
+use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use crate::params::{ParamSet, ParamTensor};
 
 /// SAM: ε = ρ g / (‖g‖ + ξ), the first-order solution of max_{‖ε‖≤ρ} L(w + ε), with the norm taken
 /// globally over all parameter tensors. As a preconditioner: constraint form with C = I.
@@ -24,7 +24,18 @@ impl Preconditioner for Sam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
-        g.clone()
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, self.normalization(), rho, g, w)
+    }
+}
+
+impl DiagonalRule for Sam {
+    /// d = g.
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+        |g, _w, _aux| g
     }
 }

@@ -2,10 +2,10 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Normalization, Preconditioner};
+use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::{Oracle, StateRecord, StepContext};
-use crate::params::ParamSet;
+use crate::params::{ParamSet, ParamTensor};
 
 /// SSAM-F: SAM restricted to a sparse set of coordinates chosen by the empirical Fisher,
 ///
@@ -97,11 +97,12 @@ impl Preconditioner for Ssam {
         Normalization::Gradient
     }
 
-    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
-        match &self.mask {
-            Some(mask) => g.mul(mask),
-            None => g.zeros_like(),
-        }
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 
     fn after_step(
@@ -130,5 +131,19 @@ impl Preconditioner for Ssam {
             false => None,
         };
         Ok(())
+    }
+}
+
+impl DiagonalRule for Ssam {
+    /// M ⊙ g; 0 before the first mask (so the first step is plain SGD).
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+        |g, _w, mask| match mask {
+            Some(m) => g * m,
+            None => g.mul_scalar(0.0),
+        }
+    }
+
+    fn auxiliary(&self) -> Option<&ParamSet> {
+        self.mask.as_ref()
     }
 }

@@ -1,0 +1,176 @@
+//! The fused CPU path of every diagonal rule against the same rule run as tensor operations, on
+//! f32 and f64 parameter sets whose sizes exercise the vector loop and its tail; and a
+//! user-defined, non-diagonal preconditioner plugged into the same two-pass machinery.
+
+use burn::tensor::{DType, Device, Distribution, Tensor};
+use sharpness::ParamSet;
+use sharpness::perturb::diagonal::{self, DiagonalRule};
+use sharpness::perturb::{
+    Asam, AsamScope, FisherSam, InfoSam, MongeSam, Normalization, Preconditioner, Sam, Ssam,
+    TwoPass,
+};
+
+/// Three tensors (a weight matrix, a norm scale, a bias) of 1 037 coordinates, in `dtype`.
+fn random_set(seed: u64, dtype: DType, scale: f64) -> ParamSet {
+    let device = Device::flex();
+    device.seed(seed);
+    let values: Vec<f64> = Tensor::<1>::random([1037], Distribution::Normal(0.0, scale), &device)
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap();
+    let set = ParamSet::from_values(
+        &device,
+        &[
+            ("fc.weight", &[40, 25], &values[..1000]),
+            ("bn.gamma", &[29], &values[1000..1029]),
+            ("fc.bias", &[8], &values[1029..]),
+        ],
+    );
+    set.map(|e| e.value.clone().cast(dtype))
+}
+
+fn assert_same(
+    name: &str,
+    fused: &sharpness::perturb::Perturbation,
+    ops: &sharpness::perturb::Perturbation,
+    tol: f64,
+) {
+    let (a, b) = (fused.epsilon.to_vec(), ops.epsilon.to_vec());
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "{name}: ε is zero");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{name}, coordinate {i}: fused {x} vs tensor ops {y}"
+        );
+    }
+    let n = ops.epsilon.squared_norm();
+    assert!(
+        (fused.squared_norm - n).abs() <= tol * n,
+        "{name}: ‖ε‖² {} vs {n}",
+        fused.squared_norm
+    );
+}
+
+fn check<R: DiagonalRule + Preconditioner>(
+    name: &str,
+    rule: &R,
+    g: &ParamSet,
+    w: &ParamSet,
+    tol: f64,
+) {
+    let rho = 0.07;
+    let n = rule.normalization();
+    let fused = diagonal::fused(rule, n, rho, g, w).expect("Flex tensors take the fused path");
+    let ops = diagonal::by_tensor_ops(rule, n, rho, g, w);
+    assert_same(name, &fused, &ops, tol);
+    // The trait method takes the fused path too.
+    assert_same(name, &rule.perturbation(rho, g, w), &ops, tol);
+}
+
+fn all_rules(g: &ParamSet, w: &ParamSet, tol: f64) {
+    check("sam", &Sam, g, w, tol);
+    check("msam", &MongeSam, g, w, tol);
+    check("fisher", &FisherSam::new(2.0).unwrap(), g, w, tol);
+    check("asam (weights)", &Asam::default(), g, w, tol);
+    check(
+        "asam (all)",
+        &Asam::new(0.1, AsamScope::All).unwrap(),
+        g,
+        w,
+        tol,
+    );
+    let mut info = InfoSam::new(0.8, 1e-6).unwrap();
+    check("infosam (first step)", &info, g, w, tol);
+    info.commit(&g.scale(0.5));
+    check("infosam", &info, g, w, tol);
+    let mut ssam = Ssam::new(0.5, 4, 1).unwrap();
+    ssam.set_mask_from_fisher(&w.mul(w));
+    check("ssam", &ssam, g, w, tol);
+}
+
+#[test]
+fn fused_and_tensor_paths_agree_in_f64() {
+    let (g, w) = (
+        random_set(1, DType::F64, 0.3),
+        random_set(2, DType::F64, 1.0),
+    );
+    all_rules(&g, &w, 1e-12);
+}
+
+#[test]
+fn fused_and_tensor_paths_agree_in_f32() {
+    // Large gradients make Monge's global factor matter (‖g‖² ≈ 1 037 · 0.25).
+    let (g, w) = (
+        random_set(3, DType::F32, 0.5),
+        random_set(4, DType::F32, 1.0),
+    );
+    all_rules(&g, &w, 1e-5);
+}
+
+#[test]
+fn fused_monge_is_sam_shrunk_by_the_monge_factor() {
+    let g = random_set(5, DType::F32, 0.5);
+    let sam = Sam.perturbation(0.1, &g, &g);
+    let monge = MongeSam.perturbation(0.1, &g, &g);
+    let factor = 1.0 / (1.0 + g.squared_norm()).sqrt();
+    let (s, m) = (sam.epsilon.to_vec(), monge.epsilon.to_vec());
+    for (a, b) in s.iter().zip(&m) {
+        assert!(
+            (a * factor - b).abs() <= 1e-6 * a.abs().max(1e-6),
+            "{a} · {factor} vs {b}"
+        );
+    }
+    assert!((monge.squared_norm - 0.01 * factor * factor).abs() < 1e-9);
+}
+
+#[test]
+fn ssam_without_a_mask_is_exactly_zero_on_both_paths() {
+    let g = random_set(6, DType::F32, 1.0);
+    let ssam = Ssam::new(0.5, 4, 1).unwrap();
+    let fused = ssam.perturbation(0.1, &g, &g);
+    assert_eq!(fused.squared_norm, 0.0);
+    assert!(fused.epsilon.to_vec().iter().all(|x| *x == 0.0));
+    let ops = diagonal::by_tensor_ops(&ssam, Normalization::Gradient, 0.1, &g, &g);
+    assert_eq!(ops.squared_norm, 0.0);
+}
+
+/// A user's preconditioner that is not diagonal: C = I + u uᵀ for a fixed vector u, so
+/// C g = g + u (uᵀg) — a rank-one correction no diagonal rule can express.
+#[derive(Clone)]
+struct RankOne {
+    u: ParamSet,
+}
+
+impl Preconditioner for RankOne {
+    fn name(&self) -> String {
+        "rank-one".into()
+    }
+    fn normalization(&self) -> Normalization {
+        Normalization::Constraint
+    }
+    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+        g.add_scaled(self.u.dot(g), &self.u)
+    }
+}
+
+#[test]
+fn a_user_preconditioner_gets_the_constraint_form_closed_form() {
+    let g = random_set(7, DType::F64, 1.0);
+    let u = random_set(8, DType::F64, 0.1);
+    let (gv, uv) = (g.to_vec(), u.to_vec());
+    let ug: f64 = gv.iter().zip(&uv).map(|(a, b)| a * b).sum();
+    let cg: Vec<f64> = gv.iter().zip(&uv).map(|(g, u)| g + u * ug).collect();
+    let gcg: f64 = gv.iter().zip(&cg).map(|(a, b)| a * b).sum();
+    let rho = 0.2;
+    let expected: Vec<f64> = cg.iter().map(|x| rho * x / gcg.sqrt()).collect();
+    let estimator = TwoPass::new(RankOne { u });
+    let eps = estimator.perturbation(rho, &g, &g).to_vec();
+    for (a, b) in eps.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    // It lies on its constraint ball: εᵀC⁻¹ε = ρ², i.e. gᵀε = ρ √(gᵀCg).
+    let ge: f64 = gv.iter().zip(&eps).map(|(a, b)| a * b).sum();
+    assert!((ge - rho * gcg.sqrt()).abs() < 1e-9);
+}
