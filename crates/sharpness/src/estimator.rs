@@ -209,7 +209,8 @@ impl StateRecord {
                     id: ParamId::from(t.param_id),
                     path: t.path.clone(),
                     dims: t.dims.clone(),
-                    value,
+                    // State is never differentiated (and `device` may be an autodiff device).
+                    value: value.without_autodiff(),
                 }
             })
             .collect();

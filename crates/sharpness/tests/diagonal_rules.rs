@@ -10,17 +10,21 @@ use sharpness::perturb::{
     TwoPass,
 };
 
-/// Three tensors (a weight matrix, a norm scale, a bias) of 1 037 coordinates, in `dtype`.
-fn random_set(seed: u64, dtype: DType, scale: f64) -> ParamSet {
+fn normal_values(seed: u64, scale: f64) -> Vec<f64> {
     let device = Device::flex();
     device.seed(seed);
-    let values: Vec<f64> = Tensor::<1>::random([1037], Distribution::Normal(0.0, scale), &device)
+    Tensor::<1>::random([1037], Distribution::Normal(0.0, scale), &device)
         .into_data()
         .convert::<f64>()
-        .to_vec::<f64>()
-        .unwrap();
+        .try_into_vec::<f64>()
+        .unwrap()
+}
+
+/// Three tensors (a weight matrix, a norm scale, a bias) of 1 037 coordinates, in `dtype`.
+fn random_set(seed: u64, dtype: DType, scale: f64) -> ParamSet {
+    let values = normal_values(seed, scale);
     let set = ParamSet::from_values(
-        &device,
+        &Device::flex(),
         &[
             ("fc.weight", &[40, 25], &values[..1000]),
             ("bn.gamma", &[29], &values[1000..1029]),
@@ -28,6 +32,11 @@ fn random_set(seed: u64, dtype: DType, scale: f64) -> ParamSet {
         ],
     );
     set.map(|e| e.value.clone().cast(dtype))
+}
+
+/// Random values with the layout (and dtypes) of `like`.
+fn random_like(like: &ParamSet, seed: u64, scale: f64) -> ParamSet {
+    like.with_values(&normal_values(seed, scale))
 }
 
 fn assert_same(
@@ -92,20 +101,16 @@ fn all_rules(g: &ParamSet, w: &ParamSet, tol: f64) {
 
 #[test]
 fn fused_and_tensor_paths_agree_in_f64() {
-    let (g, w) = (
-        random_set(1, DType::F64, 0.3),
-        random_set(2, DType::F64, 1.0),
-    );
+    let g = random_set(1, DType::F64, 0.3);
+    let w = random_like(&g, 2, 1.0);
     all_rules(&g, &w, 1e-12);
 }
 
 #[test]
 fn fused_and_tensor_paths_agree_in_f32() {
     // Large gradients make Monge's global factor matter (‖g‖² ≈ 1 037 · 0.25).
-    let (g, w) = (
-        random_set(3, DType::F32, 0.5),
-        random_set(4, DType::F32, 1.0),
-    );
+    let g = random_set(3, DType::F32, 0.5);
+    let w = random_like(&g, 4, 1.0);
     all_rules(&g, &w, 1e-5);
 }
 
@@ -158,7 +163,7 @@ impl Preconditioner for RankOne {
 #[test]
 fn a_user_preconditioner_gets_the_constraint_form_closed_form() {
     let g = random_set(7, DType::F64, 1.0);
-    let u = random_set(8, DType::F64, 0.1);
+    let u = random_like(&g, 8, 0.1);
     let (gv, uv) = (g.to_vec(), u.to_vec());
     let ug: f64 = gv.iter().zip(&uv).map(|(a, b)| a * b).sum();
     let cg: Vec<f64> = gv.iter().zip(&uv).map(|(g, u)| g + u * ug).collect();
@@ -173,4 +178,31 @@ fn a_user_preconditioner_gets_the_constraint_form_closed_form() {
     // It lies on its constraint ball: εᵀC⁻¹ε = ρ², i.e. gᵀε = ρ √(gᵀCg).
     let ge: f64 = gv.iter().zip(&eps).map(|(a, b)| a * b).sum();
     assert!((ge - rho * gcg.sqrt()).abs() < 1e-9);
+}
+
+/// The fused path is the one real training takes: gradients and weights read from a model on an
+/// autodiff device, and state restored onto that device after a resume.
+#[test]
+fn gradients_weights_and_restored_state_of_an_autodiff_model_take_the_fused_path() {
+    use burn::nn::{Linear, LinearConfig};
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let model: Linear = LinearConfig::new(13, 5).init(&device);
+    let x = Tensor::<2>::random([4, 13], Distribution::Normal(0.0, 1.0), &device);
+    let loss = model.forward(x).square().mean();
+    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+    let g = ParamSet::from_gradients(&model, &grads);
+    let w = ParamSet::weights_like(&model, &g);
+    assert_eq!(g.len(), 2);
+    let asam = Asam::new(0.01, AsamScope::All).unwrap();
+    assert!(diagonal::fused(&asam, asam.normalization(), 0.1, &g, &w).is_some());
+
+    let mut info = InfoSam::default();
+    info.commit(&g);
+    let mut restored = InfoSam::default();
+    restored.load_state(&info.save_state(), &device).unwrap();
+    let n = restored.normalization();
+    let fused = diagonal::fused(&restored, n, 0.1, &g, &w).expect("fused after a restore");
+    let before = info.perturbation(0.1, &g, &w);
+    assert_eq!(fused.epsilon.to_vec(), before.epsilon.to_vec());
 }

@@ -259,7 +259,7 @@ pub fn stability_with(
         Method::Gd => [0.0, 0.0],
         Method::Sam | Method::Msam => {
             let gs = ParamSet::from_values(device, &[("weight", &[2], &g)]);
-            let ws = ParamSet::from_values(device, &[("weight", &[2], &theta)]);
+            let ws = gs.with_values(&theta);
             let d = match method {
                 Method::Sam => TwoPass::new(Sam).perturbation(rho, &gs, &ws),
                 _ => TwoPass::new(MongeSam).perturbation(rho, &gs, &ws),

@@ -210,7 +210,13 @@ fn host(t: &Tensor<1>, dtype: DType) -> Option<FlexTensor> {
     if t.dtype() != dtype || !matches!(dtype, DType::F32 | DType::F64) {
         return None;
     }
-    let flex = t.clone().try_into_primitive::<Flex>().ok()?;
+    // Parameter sets hold values without autodiff; a state restored on an autodiff device is
+    // stripped of it here, so that it takes the same path (and rounding) as before the restore.
+    let flex = t
+        .clone()
+        .without_autodiff()
+        .try_into_primitive::<Flex>()
+        .ok()?;
     let layout = flex.layout();
     (layout.is_contiguous() && layout.start_offset() == 0).then_some(flex)
 }
