@@ -325,6 +325,8 @@ pub struct Panel {
     pub outlines: Vec<Vec<(f64, f64)>>,
     /// Legend position (None: no legend).
     pub legend: Option<SeriesLabelPosition>,
+    /// Label the x axis with whole numbers only (e.g. epochs).
+    pub integer_x: bool,
 }
 
 impl Panel {
@@ -347,6 +349,7 @@ impl Panel {
             arrows: vec![],
             outlines: vec![],
             legend: Some(SeriesLabelPosition::UpperRight),
+            integer_x: false,
         }
     }
 }
@@ -448,17 +451,23 @@ fn draw_panel<DB: DrawingBackend>(p: &Panel, area: &DrawingArea<DB, Shift>) -> R
                 .map_err(err)?;
         }
     }
-    chart
-        .configure_mesh()
-        .disable_mesh()
+    let integer_label = |x: &f64| match x.fract() == 0.0 {
+        true => format!("{x:.0}"),
+        false => String::new(),
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_mesh()
         .x_desc(p.x_label.as_str())
         .y_desc(p.y_label.as_str())
         .label_style(("sans-serif", 13))
         .axis_desc_style(("sans-serif", 15))
         .x_labels(7)
-        .y_labels(7)
-        .draw()
-        .map_err(err)?;
+        .y_labels(7);
+    if p.integer_x {
+        mesh.x_labels((p.x.1 - p.x.0).ceil() as usize + 1)
+            .x_label_formatter(&integer_label);
+    }
+    mesh.draw().map_err(err)?;
     for o in &p.outlines {
         let mut pts = o.clone();
         if let Some(first) = o.first() {

@@ -20,6 +20,7 @@ use crate::train::{
     self, Checkpoint, EpochMetrics, LrScheduleKind, OptimizerKind, RhoScheduleKind, RunOptions,
     TrainConfig,
 };
+use plotters::chart::SeriesLabelPosition;
 
 /// The table's settings (hyperparameters per method are fixed by [`TableConfig::train_config`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -223,11 +224,11 @@ a fixed seed 0, the same for every run). The test set is always the clean one. N
 published per-pixel mean/std; no augmentation (random crops and flips of CIFAR do not apply to digits).
 * **Scaling.** The paper trains ResNet-18 for 200 epochs; to fit the whole table (180 runs) into two hours \
 on 2 CPU cores, the full preset trains an MLP 784–128–128–10 (PyTorch-default initialisation) for 6 epochs \
-on the whole variant (60 000 / 6 000 / 60 000 examples). The CNN and ResNet are ~50× slower per example on \
-this CPU backend (see `sharpness-lab bench`), which would leave under one epoch per run. Measured: one \
-(dataset, variant, seed) group of 10 methods at 48 000 example-epochs took ≈ 35 s on the shared 2 cores, \
-so the full preset (≈ 756 000 example-epochs per method and seed, ×3 seeds) is estimated at ≈ 55 min \
-(budget 2 h). A reduced or quick preset states its training-set limit in the caption above.
+on the whole variant (60 000 / 6 000 / 60 000 examples). The small CNN is ~30× slower per example on this \
+CPU backend (`sharpness-lab bench`: ≈ 2 200 examples/s for SGD against ≈ 70 000 for this MLP), which would \
+leave well under one epoch per run. Measured: the full preset took ≈ 33 min on the 2 cores of the \
+development machine (1 973 s of training steps for the 180 runs, release build), against a budget of 2 h. \
+A reduced or quick preset states its training-set limit in the caption above.
 * **Base optimizer** (spec §7.4): SGD, momentum 0.9 (dampening 0), weight decay 5e-4, batch 128 with the \
 last incomplete batch dropped. Learning rate multiplied by 0.1 at 25%, 50% and 75% of the epochs (the \
 paper's milestones 50|100|150 of 200, scaled). Initial learning rate 0.05 (the paper's 0.1 is for \
@@ -516,6 +517,9 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
             (lo - pad, (hi + pad).min(100.5)),
         );
         panel.series = series;
+        panel.integer_x = true;
+        // One legend (the colours are shared), where every curve has already risen.
+        panel.legend = panels.is_empty().then_some(SeriesLabelPosition::LowerRight);
         panels.push(panel);
     }
     Figure {
