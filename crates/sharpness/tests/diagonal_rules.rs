@@ -74,7 +74,7 @@ fn check<R: DiagonalRule + Preconditioner>(
     let fused = diagonal::fused(rule, n, rho, g, w).expect("Flex tensors take the fused path");
     let ops = diagonal::by_tensor_ops(rule, n, rho, g, w);
     assert_same(name, &fused, &ops, tol);
-    // The trait method takes the fused path too.
+    // The trait method (the tensor-operation path) agrees too.
     assert_same(name, &rule.perturbation(rho, g, w), &ops, tol);
 }
 
@@ -180,8 +180,8 @@ fn a_user_preconditioner_gets_the_constraint_form_closed_form() {
     assert!((ge - rho * gcg.sqrt()).abs() < 1e-9);
 }
 
-/// The fused path is the one real training takes: gradients and weights read from a model on an
-/// autodiff device, and state restored onto that device after a resume.
+/// The fused evaluation is available for what training produces: gradients and weights read from
+/// a model on an autodiff device, and state restored onto that device after a resume.
 #[test]
 fn gradients_weights_and_restored_state_of_an_autodiff_model_take_the_fused_path() {
     use burn::nn::{Linear, LinearConfig};
@@ -203,6 +203,6 @@ fn gradients_weights_and_restored_state_of_an_autodiff_model_take_the_fused_path
     restored.load_state(&info.save_state(), &device).unwrap();
     let n = restored.normalization();
     let fused = diagonal::fused(&restored, n, 0.1, &g, &w).expect("fused after a restore");
-    let before = info.perturbation(0.1, &g, &w);
+    let before = diagonal::fused(&info, n, 0.1, &g, &w).unwrap();
     assert_eq!(fused.epsilon.to_vec(), before.epsilon.to_vec());
 }

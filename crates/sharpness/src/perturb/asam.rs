@@ -78,7 +78,10 @@ impl Preconditioner for Asam {
 
 impl DiagonalRule for Asam {
     /// T_w² g with T_w = |w| + η on the rescaled tensors, g elsewhere.
-    fn rule_for<X: Coordinate>(&self, tensor: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+    fn rule_for<X: Coordinate>(
+        &self,
+        tensor: &ParamTensor,
+    ) -> impl Fn(X, X, Option<X>) -> X + Sync {
         let (rescale, eta) = (self.rescales(tensor), self.eta);
         move |g, w, _aux| match rescale {
             true => g * w.abs().add_scalar(eta).square(),

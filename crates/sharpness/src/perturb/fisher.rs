@@ -65,7 +65,7 @@ impl Preconditioner for FisherSam {
 
 impl DiagonalRule for FisherSam {
     /// F⁻¹g = g / (1 + η g²).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
         let eta = self.eta;
         move |g, _w, _aux| g.clone() / g.square().mul_scalar(eta).add_scalar(1.0)
     }

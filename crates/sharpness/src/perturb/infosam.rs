@@ -108,7 +108,7 @@ impl Preconditioner for InfoSam {
 
 impl DiagonalRule for InfoSam {
     /// g / (α²(m_{t−1} − g)² + δ); g on the first step (no average yet).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
         let (alpha_squared, damping) = (self.alpha * self.alpha, self.damping);
         move |g, _w, mean| match mean {
             Some(m) => {

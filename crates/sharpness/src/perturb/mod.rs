@@ -16,9 +16,9 @@
 //! A new geometry is one small [`Preconditioner`]; [`TwoPass`] turns any of them into a
 //! [`GradientEstimator`]: pass 1 at w (done by the optimizer), ε, pass 2
 //! at w + ε on the same batch, G = ∇L(w + ε). Every method above is diagonal (up to Monge's
-//! global factor), so each writes its formula once as a [`DiagonalRule`]; the library evaluates it
-//! as tensor operations on any backend, or fused into two passes over memory on the CPU backend
-//! (see [`diagonal`]). A preconditioner that is not diagonal implements
+//! global factor), so each writes its formula once as a [`DiagonalRule`], generic over
+//! [`Coordinate`]: the library evaluates it as tensor operations on any backend, and the tests
+//! cross-check that against a fused per-coordinate loop over CPU memory (see [`diagonal`]). A preconditioner that is not diagonal implements
 //! [`Preconditioner::direction`] with tensor operations and keeps the default
 //! [`Preconditioner::perturbation`].
 
@@ -71,9 +71,8 @@ pub trait Preconditioner: Send + Sync {
     /// depends on this step's gradient must only be committed in [`Preconditioner::commit`].
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet;
 
-    /// The perturbation ε = ρ d/‖d‖_* ([`normalize`] of [`Preconditioner::direction`]).
-    /// Diagonal rules override it with the fused [`diagonal::perturbation`], which computes the
-    /// same ε in two passes over memory.
+    /// The perturbation ε = ρ d/‖d‖_* ([`normalize`] of [`Preconditioner::direction`]), with
+    /// its squared norm. Diagonal rules delegate to [`diagonal::perturbation`].
     fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
         let epsilon = normalize(self.normalization(), rho, g, &self.direction(g, w));
         let squared_norm = epsilon.squared_norm();

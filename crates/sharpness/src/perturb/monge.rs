@@ -43,7 +43,7 @@ impl Preconditioner for MongeSam {
 
 impl DiagonalRule for MongeSam {
     /// C g = g/(1+‖g‖²): the coordinates are g, the global factor 1/(1+‖g‖²).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
         |g, _w, _aux| g
     }
 

@@ -35,7 +35,7 @@ impl Preconditioner for Sam {
 
 impl DiagonalRule for Sam {
     /// d = g.
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
         |g, _w, _aux| g
     }
 }

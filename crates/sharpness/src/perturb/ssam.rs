@@ -136,7 +136,7 @@ impl Preconditioner for Ssam {
 
 impl DiagonalRule for Ssam {
     /// M ⊙ g; 0 before the first mask (so the first step is plain SGD).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X {
+    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
         |g, _w, mask| match mask {
             Some(m) => g * m,
             None => g.mul_scalar(0.0),
