@@ -72,7 +72,7 @@ fn check<R: DiagonalRule + Preconditioner>(
     let rho = 0.07;
     let n = rule.normalization();
     let fused = diagonal::fused(rule, n, rho, g, w).expect("Flex tensors take the fused path");
-    let ops = diagonal::by_tensor_ops(rule, n, rho, g, w);
+    let ops = diagonal::perturbation(rule, n, rho, g, w);
     assert_same(name, &fused, &ops, tol);
     // The trait method (the tensor-operation path) agrees too.
     assert_same(name, &rule.perturbation(rho, g, w), &ops, tol);
@@ -137,7 +137,7 @@ fn ssam_without_a_mask_is_exactly_zero_on_both_paths() {
     let fused = ssam.perturbation(0.1, &g, &g);
     assert_eq!(fused.squared_norm, 0.0);
     assert!(fused.epsilon.to_vec().iter().all(|x| *x == 0.0));
-    let ops = diagonal::by_tensor_ops(&ssam, Normalization::Gradient, 0.1, &g, &g);
+    let ops = diagonal::perturbation(&ssam, Normalization::Gradient, 0.1, &g, &g);
     assert_eq!(ops.squared_norm, 0.0);
 }
 

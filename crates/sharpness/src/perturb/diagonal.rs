@@ -98,7 +98,8 @@ pub trait DiagonalRule {
     }
 
     /// The global factor λ as a function of ‖g‖² (1 unless overridden; Monge: 1/(1+‖g‖²)).
-    fn global_factor(&self, _grad_squared_norm: f64) -> f64 {
+    /// ‖g‖² is passed lazily: only a rule that calls it pays for the reduction.
+    fn global_factor(&self, _grad_squared_norm: impl FnOnce() -> f64) -> f64 {
         1.0
     }
 }
@@ -111,23 +112,12 @@ pub fn direction<R: DiagonalRule>(rule: &R, g: &ParamSet, w: &ParamSet) -> Param
         let weight = matching(w, e, "weights").value.clone();
         rule.rule_for(e)(e.value.clone(), weight, a)
     });
-    let lambda = rule.global_factor(g.squared_norm());
+    let lambda = rule.global_factor(|| g.squared_norm());
     if lambda == 1.0 { f } else { f.scale(lambda) }
 }
 
 /// ε = ρ d/‖d‖_* for a diagonal rule, by tensor operations (any backend).
 pub fn perturbation<R: DiagonalRule>(
-    rule: &R,
-    normalization: Normalization,
-    rho: f64,
-    g: &ParamSet,
-    w: &ParamSet,
-) -> Perturbation {
-    by_tensor_ops(rule, normalization, rho, g, w)
-}
-
-/// The tensor-operation evaluation of a rule's ε (what [`perturbation`] uses).
-pub fn by_tensor_ops<R: DiagonalRule>(
     rule: &R,
     normalization: Normalization,
     rho: f64,
@@ -184,7 +174,7 @@ pub fn fused<R: DiagonalRule>(
         };
         sums.add(s);
     }
-    let lambda = rule.global_factor(sums.gg);
+    let lambda = rule.global_factor(|| sums.gg);
     let norm = match normalization {
         Normalization::Constraint => (lambda * sums.gd).max(0.0).sqrt(),
         Normalization::Objective => lambda.abs() * sums.dd.sqrt(),

@@ -47,7 +47,7 @@ impl DiagonalRule for MongeSam {
         |g, _w, _aux| g
     }
 
-    fn global_factor(&self, grad_squared_norm: f64) -> f64 {
-        1.0 / (1.0 + grad_squared_norm)
+    fn global_factor(&self, grad_squared_norm: impl FnOnce() -> f64) -> f64 {
+        1.0 / (1.0 + grad_squared_norm())
     }
 }
