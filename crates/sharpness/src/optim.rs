@@ -325,7 +325,7 @@ impl SharpnessAware {
     ) -> Result<StepOutput<M>, SharpnessError> {
         // Pass 0 on a copy with its own BatchNorm state (a plain clone would share it).
         let working = model.valid().train();
-        let at_weights = evaluate(&working, objective, ctx.step, 0)?;
+        let (at_weights, grad_squared_norm) = evaluate(&working, objective, ctx.step, 0)?;
         if at_weights.grad.is_empty() {
             return Err(SharpnessError::NoGradient { step: ctx.step });
         }
@@ -345,7 +345,7 @@ impl SharpnessAware {
         Ok(StepOutput {
             model: stepped,
             loss: at_weights.loss,
-            grad_norm: at_weights.grad.norm(),
+            grad_norm: grad_squared_norm.sqrt(),
             rho: ctx.rho,
             passes,
         })
@@ -395,7 +395,7 @@ fn evaluate<M: Module>(
     objective: &mut impl Objective<M>,
     step: u64,
     pass: usize,
-) -> Result<Evaluation, SharpnessError> {
+) -> Result<(Evaluation, f64), SharpnessError> {
     let loss = objective.loss(model);
     evaluate_loss(model, loss, step, pass)
 }
@@ -405,7 +405,7 @@ fn evaluate_loss<M: Module>(
     loss: Tensor<1>,
     step: u64,
     pass: usize,
-) -> Result<Evaluation, SharpnessError> {
+) -> Result<(Evaluation, f64), SharpnessError> {
     let value = loss.clone().inner().sum().into_scalar::<f64>();
     if !value.is_finite() {
         return Err(SharpnessError::NonFinite {
@@ -416,14 +416,16 @@ fn evaluate_loss<M: Module>(
     }
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let grad = ParamSet::from_gradients(model, &grads);
-    if !grad.all_finite() {
+    // One reduction serves the NaN/∞ check (see `ParamSet::all_finite`) and ‖g‖.
+    let squared_norm = grad.squared_norm();
+    if !squared_norm.is_finite() {
         return Err(SharpnessError::NonFinite {
             step,
             pass,
             what: "gradient",
         });
     }
-    Ok(Evaluation { loss: value, grad })
+    Ok((Evaluation { loss: value, grad }, squared_norm))
 }
 
 /// The [`Oracle`] of one step: evaluates the objective on fresh perturbed copies of `model`.
@@ -467,7 +469,7 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
 
     fn evaluate(&mut self, delta: &ParamSet) -> Result<Evaluation, SharpnessError> {
         let perturbed = delta.add_to_module(self.model.valid()).train();
-        let evaluation = evaluate(&perturbed, self.objective, self.step, self.passes)?;
+        let (evaluation, _) = evaluate(&perturbed, self.objective, self.step, self.passes)?;
         self.passes += 1;
         Ok(Evaluation {
             loss: evaluation.loss,
@@ -485,7 +487,7 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
                         .into(),
                 )
             })?;
-            let grad = evaluate_loss(&copy, loss, self.step, self.passes)?.grad;
+            let grad = evaluate_loss(&copy, loss, self.step, self.passes)?.0.grad;
             fisher = fisher.add(&self.aligned(&grad).map(|e| e.value.clone().square()));
         }
         Ok(fisher)
