@@ -1,6 +1,6 @@
 //! ASAM (Kwon et al., ICML 2021; spec §2).
 
-use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check_non_negative};
 use crate::params::{ParamSet, ParamTensor};
 
@@ -69,10 +69,6 @@ impl Preconditioner for Asam {
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 }
 

@@ -4,8 +4,8 @@
 //! d = λ(‖g‖²) · (f(gᵢ, wᵢ, aᵢ))ᵢ, with `a` an optional per-coordinate state (infoSAM's moving
 //! average, SSAM's mask). A [`DiagonalRule`] writes f once, generic over [`Coordinate`]:
 //!
-//! - with `X = Tensor<1>` the rule runs as tensor operations on any backend ([`direction`],
-//!   [`perturbation`]: the path every step takes);
+//! - with `X = Tensor<1>` the rule runs as tensor operations on any backend ([`direction`], which
+//!   [`super::Preconditioner::perturbation`] normalises: the path every step takes);
 //! - with `X = f32` / `f64` it is inlined into a fused, block-parallel loop over the host memory of
 //!   CPU (Flex) tensors ([`fused`]): one pass reads g, w, a and accumulates ‖g‖², gᵀd̃ and ‖d̃‖²,
 //!   a second writes ε = s·d̃.
@@ -22,7 +22,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{Normalization, Perturbation, XI, normalize};
+use super::{Normalization, Perturbation, XI};
 use crate::params::{ParamSet, ParamTensor};
 
 /// The numbers a [`DiagonalRule`] is written in: one coordinate (`f32`, `f64`) or a whole flat
@@ -82,8 +82,8 @@ coordinate_for_float!(f64);
 
 /// A preconditioner that acts coordinate by coordinate: d = λ(‖g‖²) · (f(gᵢ, wᵢ, aᵢ))ᵢ.
 ///
-/// A [`super::Preconditioner`] built on a rule implements `direction` with [`direction`] and
-/// `perturbation` with [`perturbation`], so the formula lives in [`DiagonalRule::rule_for`] only.
+/// A [`super::Preconditioner`] built on a rule implements `direction` with [`direction`], so the
+/// formula lives in [`DiagonalRule::rule_for`] only.
 pub trait DiagonalRule {
     /// f for the coordinates of one tensor, (g, w, aux) ↦ f(g, w, aux), given the gradient, the
     /// weights and the per-coordinate state (see [`DiagonalRule::auxiliary`]; `None` when the rule
@@ -116,23 +116,6 @@ pub fn direction<R: DiagonalRule>(rule: &R, g: &ParamSet, w: &ParamSet) -> Param
     if lambda == 1.0 { f } else { f.scale(lambda) }
 }
 
-/// ε = ρ d/‖d‖_* for a diagonal rule, by tensor operations (any backend).
-pub fn perturbation<R: DiagonalRule>(
-    rule: &R,
-    normalization: Normalization,
-    rho: f64,
-    g: &ParamSet,
-    w: &ParamSet,
-) -> Perturbation {
-    let d = direction(rule, g, w);
-    let epsilon = normalize(normalization, rho, g, &d);
-    let squared_norm = epsilon.squared_norm();
-    Perturbation {
-        epsilon,
-        squared_norm,
-    }
-}
-
 /// The inputs of one tensor as host memory.
 struct HostInputs {
     g: FlexTensor,
@@ -141,7 +124,7 @@ struct HostInputs {
 }
 
 /// ε by the fused host loops, or `None` if some tensor is not a contiguous `f32`/`f64` CPU (Flex)
-/// tensor. An independent evaluation of the same formula as [`perturbation`] (see the module
+/// tensor. An independent evaluation of the same ε as [`super::Preconditioner::perturbation`] (see the module
 /// docs for why it is not the default).
 pub fn fused<R: DiagonalRule>(
     rule: &R,

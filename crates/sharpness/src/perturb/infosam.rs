@@ -2,7 +2,7 @@
 
 use burn::tensor::Device;
 
-use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::StateRecord;
 use crate::params::{ParamSet, ParamTensor};
@@ -77,10 +77,6 @@ impl Preconditioner for InfoSam {
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 
     fn commit(&mut self, g: &ParamSet) {

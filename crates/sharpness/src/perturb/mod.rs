@@ -72,7 +72,7 @@ pub trait Preconditioner: Send + Sync {
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet;
 
     /// The perturbation ε = ρ d/‖d‖_* ([`normalize`] of [`Preconditioner::direction`]), with
-    /// its squared norm. Diagonal rules delegate to [`diagonal::perturbation`].
+    /// its squared norm.
     fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
         let epsilon = normalize(self.normalization(), rho, g, &self.direction(g, w));
         let squared_norm = epsilon.squared_norm();

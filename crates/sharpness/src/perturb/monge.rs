@@ -1,6 +1,6 @@
 //! Monge SAM (Jacobsen & Arvanitidis 2025, eq. 9; spec §4).
 
-use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::params::{ParamSet, ParamTensor};
 
 /// M-SAM: the perturbation under the Monge metric G = I + ∇ℓ∇ℓᵀ of the loss surface seen as the
@@ -34,10 +34,6 @@ impl Preconditioner for MongeSam {
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 }
 

@@ -1,6 +1,6 @@
 //! SAM (Foret et al., ICLR 2021; spec §1).
 
-use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::params::{ParamSet, ParamTensor};
 
 /// SAM: ε = ρ g / (‖g‖ + ξ), the first-order solution of max_{‖ε‖≤ρ} L(w + ε), with the norm taken
@@ -26,10 +26,6 @@ impl Preconditioner for Sam {
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 }
 

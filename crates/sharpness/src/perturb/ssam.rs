@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Coordinate, DiagonalRule, Normalization, Perturbation, Preconditioner, diagonal};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::{Oracle, StateRecord, StepContext};
 use crate::params::{ParamSet, ParamTensor};
@@ -99,10 +99,6 @@ impl Preconditioner for Ssam {
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, self.normalization(), rho, g, w)
     }
 
     fn after_step(
