@@ -1,9 +1,15 @@
 //! Cost of one sharpness-aware step relative to one base-optimizer step (issue: ≤ 2.1×, with the
 //! perturbation itself ≤ 3% of the step), on an MLP 784-512-512-10, batch 128, Flex CPU backend.
 //!
-//! `cargo bench -p sharpness --bench step` runs the criterion groups and then prints a table of
-//! medians and ratios (also measured here with plain timers, so the ratio is printed in one place).
+//! `cargo bench -p sharpness --bench step` runs the criterion groups (whole steps; ε and w + ε
+//! alone), then prints a table: each method's step and an SGD step timed alternately (101 rounds,
+//! medians, so both see the same machine load), w + ε and the state update timed inside those
+//! steps, and the parts alone (fastest of 101 calls).
+//! `SHARPNESS_BENCH_BREAKDOWN=1 cargo bench -p sharpness --bench step` prints instead where one
+//! step's time goes (fastest of 101 runs per part); `SHARPNESS_BENCH_PROFILE=<part>` then repeats
+//! one part, e.g. under `perf record`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
@@ -14,8 +20,14 @@ use burn::tensor::{Distribution, Int};
 use criterion::{Criterion, criterion_group};
 use sharpness::optim::base;
 use sharpness::perturb::diagonal::{self, DiagonalRule};
-use sharpness::perturb::{Asam, FisherSam, InfoSam, MongeSam, Preconditioner, Sam, Ssam, TwoPass};
-use sharpness::{GradientEstimator, ParamSet, Plain, RhoSchedule, SharpnessAware};
+use sharpness::perturb::{
+    Asam, FisherSam, InfoSam, MongeSam, Normalization, Perturbation, Perturbed, Preconditioner,
+    Sam, Ssam, TwoPass,
+};
+use sharpness::{
+    GradientEstimator, Oracle, ParamSet, Plain, RhoSchedule, SharpnessAware, SharpnessError,
+    StepContext,
+};
 
 #[derive(Module, Debug)]
 struct Mlp {
@@ -109,20 +121,16 @@ fn optimizer(estimator: Box<dyn GradientEstimator>) -> SharpnessAware {
     )
 }
 
-/// Median seconds of `iters` calls after `warmup` calls.
-fn median(mut f: impl FnMut(), warmup: usize, iters: usize) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    let mut times: Vec<f64> = (0..iters)
+/// The fastest of `iters` calls, in seconds (after one warm-up call).
+fn fastest(mut f: impl FnMut(), iters: usize) -> f64 {
+    f();
+    (0..iters)
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64()
         })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[iters / 2]
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn bench_steps(c: &mut Criterion) {
@@ -141,78 +149,210 @@ fn bench_steps(c: &mut Criterion) {
     group.finish();
 }
 
-fn ratio_table() {
+/// ε alone (what `Preconditioner::perturbation` returns) and w + ε from g and w (what a step's
+/// second pass uses), for every two-pass method, from a real gradient of the MLP.
+fn bench_perturbations(c: &mut Criterion) {
     let s = setup();
-    let steps = |estimator: Box<dyn GradientEstimator>| {
-        let mut opt = optimizer(estimator);
-        let mut model = s.model.clone();
-        median(
-            || model = opt.step(&model, 0.01, &mut Batch(&s)).unwrap().model,
-            5,
-            31,
-        )
-    };
-    let base = steps(Box::new(Plain));
-    // The perturbation alone: ε from a real gradient and weights.
     let loss = Batch(&s).loss_of(&s.model);
     let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &s.model);
     let g = ParamSet::from_gradients(&s.model, &grads);
     let w = ParamSet::weights_like(&s.model, &g);
+    let mut ssam = Ssam::new(0.5, 16, 1).unwrap();
+    ssam.set_mask_from_fisher(&g.mul(&g));
+    let mut info = InfoSam::default();
+    info.commit(&g.scale(0.9));
+    let rules: Vec<(&str, Box<dyn Preconditioner>)> = vec![
+        ("sam", Box::new(Sam)),
+        ("asam", Box::new(Asam::default())),
+        ("fisher", Box::new(FisherSam::default())),
+        ("msam", Box::new(MongeSam)),
+        ("ssam", Box::new(ssam)),
+        ("infosam", Box::new(info)),
+    ];
+    let mut group = c.benchmark_group("perturbation_mlp_784_512_512_10");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    for (name, rule) in &rules {
+        group.bench_function(format!("{name}/epsilon"), |b| {
+            b.iter(|| rule.perturbation(0.05, &g, &w))
+        });
+        group.bench_function(format!("{name}/w_plus_epsilon"), |b| {
+            b.iter(|| rule.perturbed_weights(0.05, &g, &w))
+        });
+    }
+    group.finish();
+}
+
+/// Steps of `estimator` and of plain SGD, interleaved so that both see the same machine load;
+/// returns the median seconds of each.
+fn interleaved(s: &Setup, estimator: Box<dyn GradientEstimator>, rounds: usize) -> (f64, f64) {
+    let (mut base, mut method) = (optimizer(Box::new(Plain)), optimizer(estimator));
+    let (mut base_model, mut model) = (s.model.clone(), s.model.clone());
+    let (mut base_times, mut times) = (Vec::new(), Vec::new());
+    for round in 0..rounds + WARMUP {
+        let t = Instant::now();
+        base_model = base.step(&base_model, 0.01, &mut Batch(s)).unwrap().model;
+        let base_time = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        model = method.step(&model, 0.01, &mut Batch(s)).unwrap().model;
+        if round >= WARMUP {
+            base_times.push(base_time);
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    (median_of(base_times), median_of(times))
+}
+
+const WARMUP: usize = 5;
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A preconditioner that records how long w + ε and its state update take inside real steps (the
+/// clones a step keeps for roll-back share the records).
+#[derive(Clone)]
+struct Timed<P> {
+    inner: P,
+    perturbed: Arc<Mutex<Vec<f64>>>,
+    commit: Arc<Mutex<Vec<f64>>>,
+}
+
+impl<P: Preconditioner> Preconditioner for Timed<P> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn normalization(&self) -> Normalization {
+        self.inner.normalization()
+    }
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        self.inner.direction(g, w)
+    }
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        self.inner.perturbation(rho, g, w)
+    }
+    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        let t = Instant::now();
+        let p = self.inner.perturbed_weights(rho, g, w);
+        self.perturbed
+            .lock()
+            .unwrap()
+            .push(t.elapsed().as_secs_f64());
+        p
+    }
+    fn commit(&mut self, g: &ParamSet) {
+        let t = Instant::now();
+        self.inner.commit(g);
+        self.commit.lock().unwrap().push(t.elapsed().as_secs_f64());
+    }
+    fn after_step(
+        &mut self,
+        oracle: &mut dyn Oracle,
+        ctx: &StepContext,
+    ) -> Result<(), SharpnessError> {
+        self.inner.after_step(oracle, ctx)
+    }
+}
+
+/// In real steps (interleaved with SGD steps): median seconds of the SGD step, of the method's
+/// step, of its perturbed weights w + ε (from g and w) and of its state update.
+fn in_steps<P: Preconditioner + Clone + 'static>(s: &Setup, inner: P, rounds: usize) -> [f64; 4] {
+    let timed = Timed {
+        inner,
+        perturbed: Arc::default(),
+        commit: Arc::default(),
+    };
+    let (perturbed, commit) = (timed.perturbed.clone(), timed.commit.clone());
+    let (base, step) = interleaved(s, Box::new(TwoPass::new(timed)), rounds);
+    let measured = |log: &Arc<Mutex<Vec<f64>>>| median_of(log.lock().unwrap()[WARMUP..].to_vec());
+    [base, step, measured(&perturbed), measured(&commit)]
+}
+
+/// Times of a method's parts on their own, in seconds (fastest of 101 calls: without
+/// interference from the rest of the machine).
+struct Parts {
+    /// w + ε from g and w, as a step computes it.
+    perturbed: f64,
+    /// ε alone, materialised ([`Preconditioner::perturbation`]).
+    perturbation: f64,
+    /// ε by tensor operations (the path of other backends).
+    tensor_ops: f64,
+}
+
+fn ratio_table() {
+    let s = setup();
+    // The parts alone: from a real gradient and weights.
+    let loss = Batch(&s).loss_of(&s.model);
+    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &s.model);
+    let g = ParamSet::from_gradients(&s.model, &grads);
+    let w = ParamSet::weights_like(&s.model, &g);
+    println!("\nmedians of 101 steps, each after an SGD step | parts alone, fastest of 101 calls");
     println!(
-        "\nmethod    step (ms)  ratio to SGD  perturbation (ms)  share of step  fused loop (ms)"
+        "{:9} {:>8} {:>9} {:>6} {:>11} {:>6} {:>9} | {:>8} {:>6} {:>8} {:>10}",
+        "method",
+        "SGD (ms)",
+        "step (ms)",
+        "ratio",
+        "w + ε (ms)",
+        "share",
+        "state upd",
+        "w + ε",
+        "share",
+        "ε",
+        "ε (tensor)"
     );
-    println!("sgd       {:9.2}  {:12.2}", base * 1e3, 1.0);
-    for (name, estimator) in methods().into_iter().skip(1) {
-        let t = steps(estimator);
-        let (default, fused) = perturbation_time(name, &g, &w);
+    for name in ["sam", "asam", "fisher", "msam", "ssam", "infosam"] {
+        let rounds = 101;
+        let [base, step, perturbed, state_update] = match name {
+            "sam" => in_steps(&s, Sam, rounds),
+            "asam" => in_steps(&s, Asam::default(), rounds),
+            "fisher" => in_steps(&s, FisherSam::default(), rounds),
+            "msam" => in_steps(&s, MongeSam, rounds),
+            "ssam" => in_steps(&s, Ssam::new(0.5, 16, 1000).unwrap(), rounds),
+            _ => in_steps(&s, InfoSam::default(), rounds),
+        };
+        let parts = parts(name, &g, &w);
+        let ms = 1e3;
         println!(
-            "{name:9} {:9.2}  {:12.2}  {:17.3}  {:12.1}%  {:14.3}",
-            t * 1e3,
-            t / base,
-            default * 1e3,
-            100.0 * default / t,
-            fused * 1e3
+            "{name:9} {:8.2} {:9.2} {:6.2} {:11.3} {:5.1}% {:9.3} | {:8.3} {:5.1}% {:8.3} {:10.3}",
+            base * ms,
+            step * ms,
+            step / base,
+            perturbed * ms,
+            100.0 * perturbed / step,
+            state_update * ms,
+            parts.perturbed * ms,
+            100.0 * parts.perturbed / step,
+            parts.perturbation * ms,
+            parts.tensor_ops * ms,
         );
     }
 }
 
-fn perturbation_time(name: &str, g: &ParamSet, w: &ParamSet) -> (f64, f64) {
-    fn both<R: DiagonalRule + Preconditioner + Clone>(
-        r: R,
-        g: &ParamSet,
-        w: &ParamSet,
-    ) -> (f64, f64) {
-        let n = r.normalization();
-        let time = |fused: bool| {
-            median(
-                || {
-                    let mut r = r.clone();
-                    drop(match fused {
-                        true => r.perturbation(0.05, g, w),
-                        false => diagonal::fused(&r, n, 0.05, g, w).expect("Flex tensors"),
-                    });
-                    r.commit(g);
-                },
-                3,
-                21,
-            )
-        };
-        (time(true), time(false))
+fn parts(name: &str, g: &ParamSet, w: &ParamSet) -> Parts {
+    fn of<R: DiagonalRule + Preconditioner + Clone>(r: R, g: &ParamSet, w: &ParamSet) -> Parts {
+        Parts {
+            perturbed: fastest(|| drop(r.perturbed_weights(0.05, g, w)), 101),
+            perturbation: fastest(|| drop(r.perturbation(0.05, g, w)), 101),
+            tensor_ops: fastest(|| drop(diagonal::unfused(&r, 0.05, g, w)), 101),
+        }
     }
     match name {
-        "sam" => both(Sam, g, w),
-        "asam" => both(Asam::default(), g, w),
-        "fisher" => both(FisherSam::default(), g, w),
-        "msam" => both(MongeSam, g, w),
+        "sam" => of(Sam, g, w),
+        "asam" => of(Asam::default(), g, w),
+        "fisher" => of(FisherSam::default(), g, w),
+        "msam" => of(MongeSam, g, w),
         "ssam" => {
             let mut ssam = Ssam::new(0.5, 16, 1).unwrap();
             ssam.set_mask_from_fisher(&g.mul(g));
-            both(ssam, g, w)
+            of(ssam, g, w)
         }
         _ => {
             let mut info = InfoSam::default();
             info.commit(&g.scale(0.9));
-            both(info, g, w)
+            of(info, g, w)
         }
     }
 }
@@ -227,9 +367,102 @@ impl LossOf for Batch<'_> {
     }
 }
 
-criterion_group!(benches, bench_steps);
+criterion_group!(benches, bench_steps, bench_perturbations);
+
+/// Where one SAM step's time goes: each part of `SharpnessAware::step` timed on its own.
+fn breakdown() {
+    let s = setup();
+    // The fastest of 101 runs: what the code costs when nothing else competes for the cores.
+    let time = |f: &mut dyn FnMut()| fastest(f, 101) * 1e3;
+    let pass = || {
+        let loss = Batch(&s).loss_of(&s.model);
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &s.model);
+        ParamSet::from_gradients(&s.model, &grads)
+    };
+    let g = pass();
+    let w = ParamSet::weights_like(&s.model, &g);
+    let mut sgd = base::sgd(0.9, 5e-4, false).unwrap();
+    let mut model = s.model.clone();
+    let (sam, asam, fisher) = (Sam, Asam::default(), FisherSam::default());
+    let mut ssam = Ssam::new(0.5, 16, 1).unwrap();
+    ssam.set_mask_from_fisher(&g.mul(&g));
+    let mut info = InfoSam::default();
+    info.commit(&g.scale(0.9));
+    let p = sam.perturbation(0.05, &g, &w);
+    let perturbed = p.apply_to(&w);
+    println!("\nbreakdown of one step (ms, fastest of 101)");
+    let rows: Vec<(&str, Box<dyn FnMut() + '_>)> = vec![
+        ("forward+backward+collect", Box::new(|| drop(pass()))),
+        (
+            "model.valid().train()",
+            Box::new(|| drop(s.model.valid().train())),
+        ),
+        (
+            "‖g‖² (a fresh set)",
+            Box::new(|| _ = ParamSet::from_entries(g.iter().cloned().collect()).squared_norm()),
+        ),
+        (
+            "SAM ε (‖g‖² known)",
+            Box::new(|| drop(sam.perturbation(0.05, &g, &w))),
+        ),
+        (
+            "SAM ε (tensor ops, known)",
+            Box::new(|| drop(diagonal::unfused(&sam, 0.05, &g, &w))),
+        ),
+        (
+            "ASAM ε (fused)",
+            Box::new(|| drop(asam.perturbation(0.05, &g, &w))),
+        ),
+        (
+            "ASAM ε (tensor ops)",
+            Box::new(|| drop(diagonal::unfused(&asam, 0.05, &g, &w))),
+        ),
+        (
+            "SSAM ε (fused)",
+            Box::new(|| drop(ssam.perturbation(0.05, &g, &w))),
+        ),
+        (
+            "Fisher ε (fused)",
+            Box::new(|| drop(fisher.perturbation(0.05, &g, &w))),
+        ),
+        (
+            "infoSAM ε (fused)",
+            Box::new(|| drop(info.perturbation(0.05, &g, &w))),
+        ),
+        ("infoSAM commit", Box::new(|| info.clone().commit(&g))),
+        ("w + ε from ε (one pass)", Box::new(|| drop(p.apply_to(&w)))),
+        (
+            "ASAM w + ε from g, w",
+            Box::new(|| drop(asam.perturbed_weights(0.05, &g, &w))),
+        ),
+        (
+            "w + ε (tensor ops)",
+            Box::new(|| drop(w.zip_map(&p.epsilon(), |w, e| w + e))),
+        ),
+        (
+            "set_in_module(..).train()",
+            Box::new(|| drop(perturbed.set_in_module(s.model.valid()).train())),
+        ),
+        (
+            "base SGD step",
+            Box::new(|| model = sgd.step(0.01, model.clone(), g.to_gradients())),
+        ),
+    ];
+    // SHARPNESS_BENCH_PROFILE=<row> repeats one row (e.g. under `perf record`).
+    let profile = std::env::var("SHARPNESS_BENCH_PROFILE").ok();
+    for (name, mut f) in rows {
+        if profile.as_deref() == Some(name) {
+            (0..3000).for_each(|_| f());
+            continue;
+        }
+        println!("  {name:28} {:.3}", time(&mut f));
+    }
+}
 
 fn main() {
+    if std::env::var_os("SHARPNESS_BENCH_BREAKDOWN").is_some() {
+        return breakdown();
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     ratio_table();

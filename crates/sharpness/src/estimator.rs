@@ -52,9 +52,15 @@ pub trait Oracle {
     /// The unperturbed weights w of the parameters that have a gradient (same layout as g₀).
     fn weights(&self) -> &ParamSet;
 
-    /// (L, ∇L) at w + δ on the same batch. `delta` must have the layout of [`Oracle::weights`].
-    /// A parameter that gets no gradient at w + δ has a zero gradient in the answer.
-    fn evaluate(&mut self, delta: &ParamSet) -> Result<Evaluation, SharpnessError>;
+    /// (L, ∇L) at the given weights (the layout of [`Oracle::weights`]) on the same batch. A
+    /// parameter that gets no gradient there has a zero gradient in the answer.
+    fn evaluate_at(&mut self, weights: &ParamSet) -> Result<Evaluation, SharpnessError>;
+
+    /// (L, ∇L) at w + δ on the same batch (see [`Oracle::evaluate_at`]).
+    fn evaluate(&mut self, delta: &ParamSet) -> Result<Evaluation, SharpnessError> {
+        let perturbed = self.weights().add(delta);
+        self.evaluate_at(&perturbed)
+    }
 
     /// The diagonal empirical Fisher Σᵢ (∂ℓᵢ/∂w)² over `num_samples` single training examples
     /// drawn by the objective (used by SSAM's mask). Evaluated at w in training mode on a copy of

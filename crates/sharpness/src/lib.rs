@@ -41,6 +41,7 @@
 
 pub mod error;
 pub mod estimator;
+mod host;
 pub mod measure;
 pub mod optim;
 pub mod params;

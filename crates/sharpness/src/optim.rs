@@ -451,8 +451,12 @@ impl<'a, M: Module, O: Objective<M>> ModelOracle<'a, M, O> {
         }
     }
 
-    /// A gradient with the layout of `weights`: zeros where `grad` has none.
+    /// A gradient with the layout of `weights`: zeros where `grad` has none. (`grad` itself when
+    /// it has every tensor, so that the norm its NaN check computed is not computed again.)
     fn aligned(&self, grad: &ParamSet) -> ParamSet {
+        if grad.same_layout(self.weights()) {
+            return grad.clone();
+        }
         self.weights().map(|e| {
             grad.get(e.id)
                 .map(|g| g.value.clone())
@@ -467,8 +471,8 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
             .get_or_init(|| ParamSet::weights_like(self.model, self.layout))
     }
 
-    fn evaluate(&mut self, delta: &ParamSet) -> Result<Evaluation, SharpnessError> {
-        let perturbed = delta.add_to_module(self.model.valid()).train();
+    fn evaluate_at(&mut self, weights: &ParamSet) -> Result<Evaluation, SharpnessError> {
+        let perturbed = weights.set_in_module(self.model.valid()).train();
         let (evaluation, _) = evaluate(&perturbed, self.objective, self.step, self.passes)?;
         self.passes += 1;
         Ok(Evaluation {

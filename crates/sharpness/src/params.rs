@@ -8,6 +8,7 @@
 //! global").
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -42,6 +43,9 @@ impl ParamTensor {
 pub struct ParamSet {
     entries: Vec<ParamTensor>,
     index: HashMap<ParamId, usize>,
+    /// ‖x‖², computed on first use: a set is never modified, so it never goes stale. The norm
+    /// a step computes for its NaN check then also serves ‖g‖ in the perturbation.
+    squared_norm: OnceLock<f64>,
 }
 
 impl ParamSet {
@@ -53,7 +57,11 @@ impl ParamSet {
     /// Builds a set from entries (in the given order).
     pub fn from_entries(entries: Vec<ParamTensor>) -> Self {
         let index = entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
-        Self { entries, index }
+        Self {
+            entries,
+            index,
+            squared_norm: OnceLock::new(),
+        }
     }
 
     /// A set built from plain values (fresh ids), e.g. for tests and small problems: each item is
@@ -165,6 +173,7 @@ impl ParamSet {
         Self {
             entries,
             index: self.index.clone(),
+            squared_norm: OnceLock::new(),
         }
     }
 
@@ -191,17 +200,23 @@ impl ParamSet {
         Self {
             entries,
             index: self.index.clone(),
+            squared_norm: OnceLock::new(),
         }
+    }
+
+    /// Whether both sets hold the same ids in the same order.
+    pub fn same_layout(&self, other: &ParamSet) -> bool {
+        self.len() == other.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.id == b.id)
     }
 
     fn assert_same_layout(&self, other: &ParamSet) {
         assert!(
-            self.len() == other.len()
-                && self
-                    .entries
-                    .iter()
-                    .zip(&other.entries)
-                    .all(|(a, b)| a.id == b.id),
+            self.same_layout(other),
             "ParamSet layouts differ ({} vs {} tensors): sets must come from the same module",
             self.len(),
             other.len()
@@ -215,7 +230,7 @@ impl ParamSet {
 
     /// `self + other`.
     pub fn add(&self, other: &ParamSet) -> Self {
-        self.zip_map(other, |a, b| a + b)
+        self.axpby(1.0, 1.0, other)
     }
 
     /// `self − other`.
@@ -230,7 +245,31 @@ impl ParamSet {
 
     /// `self + a · other`.
     pub fn add_scaled(&self, a: f64, other: &ParamSet) -> Self {
-        self.zip_map(other, |x, y| x + y.mul_scalar(a))
+        self.axpby(1.0, a, other)
+    }
+
+    /// `a · self + b · other`, in one pass over memory on the CPU backend (tensor operations
+    /// elsewhere; the same values either way).
+    pub fn axpby(&self, a: f64, b: f64, other: &ParamSet) -> Self {
+        self.assert_same_layout(other);
+        crate::host::in_pool(|| {
+            self.map_indexed(|i, e| {
+                let (x, y) = (&e.value, &other.entries[i].value);
+                crate::host::axpby(a, x, b, y).unwrap_or_else(|| {
+                    let ax = if a == 1.0 {
+                        x.clone()
+                    } else {
+                        x.clone().mul_scalar(a)
+                    };
+                    let by = if b == 1.0 {
+                        y.clone()
+                    } else {
+                        y.clone().mul_scalar(b)
+                    };
+                    ax + by
+                })
+            })
+        })
     }
 
     /// All zeros with the same layout.
@@ -249,9 +288,11 @@ impl ParamSet {
         )
     }
 
-    /// Global squared Euclidean norm Σ_p ‖x_p‖².
+    /// Global squared Euclidean norm Σ_p ‖x_p‖² (computed once per set).
     pub fn squared_norm(&self) -> f64 {
-        sum_of_partials(self.entries.iter().map(|e| flat_dot(&e.value, &e.value)))
+        *self.squared_norm.get_or_init(|| {
+            sum_of_partials(self.entries.iter().map(|e| flat_dot(&e.value, &e.value)))
+        })
     }
 
     /// Global Euclidean norm.
@@ -292,7 +333,19 @@ impl ParamSet {
     /// Returns `module` with `delta` added to the matching parameters (`w + δ`). Parameters not in
     /// `delta` are left as they are. Works on modules with or without autodiff.
     pub fn add_to_module<M: Module>(&self, module: M) -> M {
-        module.map(&mut AddDelta { delta: self })
+        module.map(&mut MapMatching {
+            values: self,
+            add: true,
+        })
+    }
+
+    /// Returns `module` with the matching parameters set to these values. Parameters not in the
+    /// set are left as they are. Works on modules with or without autodiff.
+    pub fn set_in_module<M: Module>(&self, module: M) -> M {
+        module.map(&mut MapMatching {
+            values: self,
+            add: false,
+        })
     }
 }
 
@@ -392,25 +445,29 @@ impl ModuleVisitor for Collector<'_> {
     }
 }
 
-/// Maps a module to `w + δ` for the parameters present in `delta`.
-struct AddDelta<'a> {
-    delta: &'a ParamSet,
+/// Maps a module's parameters present in `values` to `w + values` (`add`) or to `values`.
+struct MapMatching<'a> {
+    values: &'a ParamSet,
+    add: bool,
 }
 
-impl ModuleMapper for AddDelta<'_> {
+impl ModuleMapper for MapMatching<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(delta) = self.delta.get(param.id) else {
+        let Some(given) = self.values.get(param.id) else {
             return param;
         };
         let (id, value, mapper) = param.consume();
         let require_grad = value.is_require_grad();
         let dims: [usize; D] = value.dims();
-        let shifted = value.inner() + delta.value.clone().reshape(dims);
-        let shifted = if require_grad {
-            Tensor::from_inner(shifted).require_grad()
-        } else {
-            shifted
+        let given = given.value.clone().reshape(dims);
+        let new = match self.add {
+            true => value.inner() + given,
+            false => given,
         };
-        Param::from_mapped_value(id, shifted, mapper)
+        let new = match require_grad {
+            true => Tensor::from_inner(new).require_grad(),
+            false => new,
+        };
+        Param::from_mapped_value(id, new, mapper)
     }
 }

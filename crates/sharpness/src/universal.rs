@@ -366,7 +366,9 @@ impl<F: Functional + Clone + 'static> GradientEstimator for Universal<F> {
         let mut evaluations = Vec::with_capacity(self.samples);
         for _ in 0..self.samples {
             let direction = self.sampler.sample(oracle.weights(), &mut self.rng);
-            evaluations.push(oracle.evaluate(&direction.scale(ctx.rho))?);
+            // w + ρu in one pass (the same values as w + (ρu)).
+            let perturbed = oracle.weights().add_scaled(ctx.rho, &direction);
+            evaluations.push(oracle.evaluate_at(&perturbed)?);
         }
         Ok(self.combine(at_weights, &evaluations, ctx.rho))
     }

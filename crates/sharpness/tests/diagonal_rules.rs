@@ -1,13 +1,14 @@
-//! The fused CPU path of every diagonal rule against the same rule run as tensor operations, on
-//! f32 and f64 parameter sets whose sizes exercise the vector loop and its tail; and a
-//! user-defined, non-diagonal preconditioner plugged into the same two-pass machinery.
+//! The fused CPU paths against tensor operations: every diagonal rule, on f32 and f64 parameter
+//! sets whose sizes exercise the vector loop, its tail and the block-parallel loops; the one-pass
+//! linear combinations of `ParamSet`; and a user-defined, non-diagonal preconditioner plugged into
+//! the same two-pass machinery.
 
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use sharpness::ParamSet;
 use sharpness::perturb::diagonal::{self, DiagonalRule};
 use sharpness::perturb::{
     Asam, AsamScope, FisherSam, InfoSam, MongeSam, Normalization, Preconditioner, Sam, Ssam,
-    TwoPass,
+    TwoPass, normalize,
 };
 
 fn normal_values(seed: u64, scale: f64) -> Vec<f64> {
@@ -45,7 +46,7 @@ fn assert_same(
     ops: &sharpness::perturb::Perturbation,
     tol: f64,
 ) {
-    let (a, b) = (fused.epsilon.to_vec(), ops.epsilon.to_vec());
+    let (a, b) = (fused.epsilon().to_vec(), ops.epsilon().to_vec());
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     assert!(scale > 0.0, "{name}: ε is zero");
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -54,7 +55,7 @@ fn assert_same(
             "{name}, coordinate {i}: fused {x} vs tensor ops {y}"
         );
     }
-    let n = ops.epsilon.squared_norm();
+    let n = ops.epsilon().squared_norm();
     assert!(
         (fused.squared_norm - n).abs() <= tol * n,
         "{name}: ‖ε‖² {} vs {n}",
@@ -72,8 +73,35 @@ fn check<R: DiagonalRule + Preconditioner>(
     let rho = 0.07;
     let n = rule.normalization();
     let fused = diagonal::fused(rule, n, rho, g, w).expect("Flex tensors take the fused path");
-    let ops = rule.perturbation(rho, g, w);
-    assert_same(name, &fused, &ops, tol);
+    // The rule as tensor operations, normalised two ways: λ in the scale (the fallback of
+    // `diagonal::perturbation` on other backends) and λ in the direction (the trait's default).
+    let unfused = diagonal::unfused(rule, rho, g, w);
+    let by_direction = normalize(n, rho, g, &rule.direction(g, w));
+    assert_same(name, &fused, &unfused, tol);
+    assert_same(name, &fused, &by_direction, tol);
+    // What a step uses is the fused path, and w + ε in one pass equals w + ε by tensor
+    // operations bit for bit.
+    let used = rule.perturbation(rho, g, w);
+    assert_eq!(used.epsilon().to_vec(), fused.epsilon().to_vec(), "{name}");
+    let by_ops = w.zip_map(&used.epsilon(), |w, e| w + e);
+    assert_eq!(used.apply_to(w).to_vec(), by_ops.to_vec(), "{name}: w + ε");
+    // The second pass's weights, with f evaluated again instead of stored: the same bits.
+    let perturbed = rule.perturbed_weights(rho, g, w);
+    assert_eq!(
+        perturbed.weights.to_vec(),
+        by_ops.to_vec(),
+        "{name}: perturbed weights"
+    );
+    assert_eq!(perturbed.squared_norm, used.squared_norm, "{name}: ‖ε‖²");
+    if rule.keeps_gradient() {
+        let f = diagonal::direction(rule, g, w);
+        let lambda = rule.global_factor(|| g.squared_norm());
+        assert_eq!(
+            f.to_vec(),
+            g.scale(lambda).to_vec(),
+            "{name} keeps the gradient"
+        );
+    }
 }
 
 fn all_rules(g: &ParamSet, w: &ParamSet, tol: f64) {
@@ -118,7 +146,7 @@ fn fused_monge_is_sam_shrunk_by_the_monge_factor() {
     let sam = Sam.perturbation(0.1, &g, &g);
     let monge = MongeSam.perturbation(0.1, &g, &g);
     let factor = 1.0 / (1.0 + g.squared_norm()).sqrt();
-    let (s, m) = (sam.epsilon.to_vec(), monge.epsilon.to_vec());
+    let (s, m) = (sam.epsilon().to_vec(), monge.epsilon().to_vec());
     for (a, b) in s.iter().zip(&m) {
         assert!(
             (a * factor - b).abs() <= 1e-6 * a.abs().max(1e-6),
@@ -134,9 +162,55 @@ fn ssam_without_a_mask_is_exactly_zero_on_both_paths() {
     let ssam = Ssam::new(0.5, 4, 1).unwrap();
     let fused = diagonal::fused(&ssam, Normalization::Gradient, 0.1, &g, &g).unwrap();
     assert_eq!(fused.squared_norm, 0.0);
-    assert!(fused.epsilon.to_vec().iter().all(|x| *x == 0.0));
-    let ops = ssam.perturbation(0.1, &g, &g);
+    assert!(fused.epsilon().to_vec().iter().all(|x| *x == 0.0));
+    assert_eq!(ssam.perturbed_weights(0.1, &g, &g).squared_norm, 0.0);
+    let ops = diagonal::unfused(&ssam, 0.1, &g, &g);
     assert_eq!(ops.squared_norm, 0.0);
+    assert!(ops.epsilon().to_vec().iter().all(|x| *x == 0.0));
+}
+
+/// A set with tensors large enough for the block-parallel loops (several blocks of 8 192 and a
+/// ragged tail), in `dtype`.
+fn large_set(seed: u64, dtype: DType, scale: f64) -> ParamSet {
+    let device = Device::flex();
+    device.seed(seed);
+    let values: Vec<f64> =
+        Tensor::<1>::random([70_001 + 300], Distribution::Normal(0.0, scale), &device)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
+    ParamSet::from_values(
+        &device,
+        &[
+            ("fc.weight", &[70_001], &values[..70_001]),
+            ("fc.bias", &[300], &values[70_001..]),
+        ],
+    )
+    .map(|e| e.value.clone().cast(dtype))
+}
+
+#[test]
+fn the_parallel_loops_agree_with_the_tensor_operations() {
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        let g = large_set(9, dtype, 0.01);
+        let w = g.with_values(&large_set(10, dtype, 1.0).to_vec());
+        all_rules(&g, &w, tol);
+    }
+}
+
+#[test]
+fn linear_combinations_in_one_pass_equal_the_tensor_operations_bit_for_bit() {
+    for dtype in [DType::F32, DType::F64] {
+        let x = large_set(11, dtype, 1.0);
+        let y = x.with_values(&large_set(12, dtype, 1.0).to_vec());
+        let (a, b) = (0.9, -0.37);
+        let by_ops = x.zip_map(&y, |x, y| x.mul_scalar(a) + y.mul_scalar(b));
+        assert_eq!(x.axpby(a, b, &y).to_vec(), by_ops.to_vec());
+        let by_ops = x.zip_map(&y, |x, y| x + y.mul_scalar(b));
+        assert_eq!(x.add_scaled(b, &y).to_vec(), by_ops.to_vec());
+        assert_eq!(x.add(&y).to_vec(), x.zip_map(&y, |x, y| x + y).to_vec());
+    }
 }
 
 /// A user's preconditioner that is not diagonal: C = I + u uᵀ for a fixed vector u, so
@@ -202,5 +276,5 @@ fn gradients_weights_and_restored_state_of_an_autodiff_model_take_the_fused_path
     let n = restored.normalization();
     let fused = diagonal::fused(&restored, n, 0.1, &g, &w).expect("fused after a restore");
     let before = diagonal::fused(&info, n, 0.1, &g, &w).unwrap();
-    assert_eq!(fused.epsilon.to_vec(), before.epsilon.to_vec());
+    assert_eq!(fused.epsilon().to_vec(), before.epsilon().to_vec());
 }

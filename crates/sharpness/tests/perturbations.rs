@@ -120,7 +120,9 @@ fn infosam_first_step_is_sam_then_inverse_variance_weighted() {
     let mut info = InfoSam::new(0.5, 1e-8).unwrap();
     let sam = eps(Sam, 0.3, &g1, &w);
     assert_close(
-        &normalize(info.normalization(), 0.3, &g1, &info.direction(&g1, &w)).to_vec(),
+        &normalize(info.normalization(), 0.3, &g1, &info.direction(&g1, &w))
+            .epsilon()
+            .to_vec(),
         &sam,
         1e-12,
     );
@@ -136,7 +138,9 @@ fn infosam_first_step_is_sam_then_inverse_variance_weighted() {
     let n = d.iter().map(|x| x * x).sum::<f64>().sqrt();
     let expected: Vec<f64> = d.iter().map(|x| 0.3 * x / (n + XI)).collect();
     assert_close(
-        &normalize(info.normalization(), 0.3, &g2, &info.direction(&g2, &w)).to_vec(),
+        &normalize(info.normalization(), 0.3, &g2, &info.direction(&g2, &w))
+            .epsilon()
+            .to_vec(),
         &expected,
         1e-9,
     );

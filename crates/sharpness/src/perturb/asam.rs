@@ -1,6 +1,8 @@
 //! ASAM (Kwon et al., ICML 2021; spec §2).
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{
+    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
+};
 use crate::error::{SharpnessError, check_non_negative};
 use crate::params::{ParamSet, ParamTensor};
 
@@ -69,6 +71,14 @@ impl Preconditioner for Asam {
 
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
+    }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, rho, g, w)
+    }
+
+    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        diagonal::perturbed_weights(self, rho, g, w)
     }
 }
 

@@ -2,7 +2,9 @@
 
 use burn::tensor::Device;
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{
+    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
+};
 use crate::error::{SharpnessError, check};
 use crate::estimator::StateRecord;
 use crate::params::{ParamSet, ParamTensor};
@@ -79,9 +81,18 @@ impl Preconditioner for InfoSam {
         diagonal::direction(self, g, w)
     }
 
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, rho, g, w)
+    }
+
+    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        diagonal::perturbed_weights(self, rho, g, w)
+    }
+
     fn commit(&mut self, g: &ParamSet) {
         self.mean = Some(match &self.mean {
-            Some(m) => m.scale(self.alpha).add_scaled(1.0 - self.alpha, g),
+            // One pass: α·m + (1 − α)·g.
+            Some(m) => m.axpby(self.alpha, 1.0 - self.alpha, g),
             None => g.clone(),
         });
     }

@@ -71,14 +71,18 @@ pub trait Preconditioner: Send + Sync {
     /// depends on this step's gradient must only be committed in [`Preconditioner::commit`].
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet;
 
-    /// The perturbation ε = ρ d/‖d‖_* ([`normalize`] of [`Preconditioner::direction`]), with
-    /// its squared norm.
+    /// The perturbation ε = ρ d/‖d‖_* ([`normalize`] of [`Preconditioner::direction`]).
     fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        let epsilon = normalize(self.normalization(), rho, g, &self.direction(g, w));
-        let squared_norm = epsilon.squared_norm();
-        Perturbation {
-            epsilon,
-            squared_norm,
+        normalize(self.normalization(), rho, g, &self.direction(g, w))
+    }
+
+    /// w + ε, the weights a step's second pass evaluates, with ‖ε‖². The default applies
+    /// [`Preconditioner::perturbation`] to w ([`Perturbation::apply_to`]).
+    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        let p = self.perturbation(rho, g, w);
+        Perturbed {
+            weights: p.apply_to(w),
+            squared_norm: p.squared_norm,
         }
     }
 
@@ -105,23 +109,60 @@ pub trait Preconditioner: Send + Sync {
     }
 }
 
-/// A perturbation ε and its squared Euclidean norm.
+/// A perturbation ε = s·d: a direction, the scalar that normalises it, and ‖ε‖².
+///
+/// Kept in this form so that no pass over memory is spent on scaling: the second pass evaluates
+/// w + s·d, which [`Perturbation::apply_to`] computes in one pass on the CPU backend.
 #[derive(Clone, Debug)]
 pub struct Perturbation {
-    /// ε, with the gradient's layout.
-    pub epsilon: ParamSet,
-    /// ‖ε‖² (exactly 0 when ε = 0, e.g. for a zero gradient).
+    /// d: the preconditioned gradient, up to a positive factor (Monge's λ goes into `scale`).
+    pub direction: ParamSet,
+    /// s, so that ε = s·d.
+    pub scale: f64,
+    /// ‖ε‖² = s²‖d‖² (exactly 0 when ε = 0, e.g. for a zero gradient).
+    pub squared_norm: f64,
+}
+
+impl Perturbation {
+    /// ε = s·d.
+    pub fn epsilon(&self) -> ParamSet {
+        self.direction.scale(self.scale)
+    }
+
+    /// w + ε = w + s·d (the same values as `w.add(&self.epsilon())`, in one pass).
+    pub fn apply_to(&self, w: &ParamSet) -> ParamSet {
+        w.add_scaled(self.scale, &self.direction)
+    }
+}
+
+/// The perturbed weights w + ε of a second pass, and ‖ε‖².
+#[derive(Clone, Debug)]
+pub struct Perturbed {
+    /// w + ε, with the layout of w.
+    pub weights: ParamSet,
+    /// ‖ε‖² (exactly 0 when ε = 0: the second pass is then skipped).
     pub squared_norm: f64,
 }
 
 /// ε = ρ · d / norm for a preconditioner's direction d (see [`Normalization`]); ε = 0 when g = 0.
-pub fn normalize(normalization: Normalization, rho: f64, g: &ParamSet, d: &ParamSet) -> ParamSet {
+pub fn normalize(
+    normalization: Normalization,
+    rho: f64,
+    g: &ParamSet,
+    d: &ParamSet,
+) -> Perturbation {
+    let dd = d.squared_norm();
     let norm = match normalization {
         Normalization::Constraint => g.dot(d).max(0.0).sqrt(),
-        Normalization::Objective => d.norm(),
+        Normalization::Objective => dd.sqrt(),
         Normalization::Gradient => g.norm(),
     };
-    d.scale(rho / (norm + XI))
+    let scale = rho / (norm + XI);
+    Perturbation {
+        direction: d.clone(),
+        scale,
+        squared_norm: scale * scale * dd,
+    }
 }
 
 /// Any [`Preconditioner`] as a two-pass [`GradientEstimator`]: G = ∇L(w + ε(g, w)).
@@ -146,7 +187,7 @@ impl<P: Preconditioner> TwoPass<P> {
 
     /// The perturbation this estimator would apply for gradient `g` at weights `w`.
     pub fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        self.preconditioner.perturbation(rho, g, w).epsilon
+        self.preconditioner.perturbation(rho, g, w).epsilon()
     }
 }
 
@@ -165,13 +206,13 @@ impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
         let grad = if ctx.rho == 0.0 {
             g.clone()
         } else {
-            let perturbation = self
+            let perturbed = self
                 .preconditioner
-                .perturbation(ctx.rho, g, oracle.weights());
-            if perturbation.squared_norm == 0.0 {
+                .perturbed_weights(ctx.rho, g, oracle.weights());
+            if perturbed.squared_norm == 0.0 {
                 g.clone()
             } else {
-                oracle.evaluate(&perturbation.epsilon)?.grad
+                oracle.evaluate_at(&perturbed.weights)?.grad
             }
         };
         self.preconditioner.commit(g);

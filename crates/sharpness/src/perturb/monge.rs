@@ -1,6 +1,8 @@
 //! Monge SAM (Jacobsen & Arvanitidis 2025, eq. 9; spec §4).
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{
+    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
+};
 use crate::params::{ParamSet, ParamTensor};
 
 /// M-SAM: the perturbation under the Monge metric G = I + ∇ℓ∇ℓᵀ of the loss surface seen as the
@@ -35,12 +37,24 @@ impl Preconditioner for MongeSam {
     fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
         diagonal::direction(self, g, w)
     }
+
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, rho, g, w)
+    }
+
+    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        diagonal::perturbed_weights(self, rho, g, w)
+    }
 }
 
 impl DiagonalRule for MongeSam {
     /// C g = g/(1+‖g‖²): the coordinates are g, the global factor 1/(1+‖g‖²).
     fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
         |g, _w, _aux| g
+    }
+
+    fn keeps_gradient(&self) -> bool {
+        true
     }
 
     fn global_factor(&self, grad_squared_norm: impl FnOnce() -> f64) -> f64 {

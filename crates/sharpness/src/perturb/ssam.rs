@@ -2,7 +2,9 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{
+    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
+};
 use crate::error::{SharpnessError, check};
 use crate::estimator::{Oracle, StateRecord, StepContext};
 use crate::params::{ParamSet, ParamTensor};
@@ -101,12 +103,20 @@ impl Preconditioner for Ssam {
         diagonal::direction(self, g, w)
     }
 
+    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
+        diagonal::perturbation(self, rho, g, w)
+    }
+
+    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        diagonal::perturbed_weights(self, rho, g, w)
+    }
+
     fn after_step(
         &mut self,
         oracle: &mut dyn Oracle,
         ctx: &StepContext,
     ) -> Result<(), SharpnessError> {
-        if ctx.step % self.refresh_every == 0 {
+        if ctx.step.is_multiple_of(self.refresh_every) {
             let fisher = oracle.empirical_fisher(self.num_samples)?;
             self.set_mask_from_fisher(&fisher);
         }

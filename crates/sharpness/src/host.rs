@@ -1,0 +1,181 @@
+//! Fused loops over the host memory of CPU (Flex) tensors.
+//!
+//! Flex runs every tensor operation as its own pass over memory, and the vector arithmetic of a
+//! sharpness-aware step chains several of them over all parameters (ε = s·f(g, w, a), then w + ε;
+//! a moving average a·m + b·g). Here each such chain is **one** pass, cut into fixed-size blocks
+//! that run on the rayon pool. The functions return `None` when a tensor is not a contiguous
+//! `f32`/`f64` Flex tensor; callers then fall back to tensor operations. Elementwise results are
+//! the same IEEE operations in the same order as the tensor-operation path, so they agree bit for
+//! bit; only sums (norms, dot products) are rounded differently.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Coordinates per block. Blocks have a fixed size, and results are combined in block order, so
+/// nothing depends on the number of threads.
+pub(crate) const BLOCK: usize = 8192;
+/// Tensors smaller than this run on the calling thread (biases, toy problems).
+const PARALLEL_MIN: usize = 4 * BLOCK;
+
+/// Element types of the fused loops.
+pub(crate) trait HostFloat:
+    crate::perturb::Coordinate + Copy + bytemuck::Pod + Into<f64> + burn::tensor::Element + Send + Sync
+{
+    /// The nearest value of this type.
+    fn from_f64(x: f64) -> Self;
+}
+
+impl HostFloat for f32 {
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+}
+
+impl HostFloat for f64 {
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+}
+
+/// The storage of a contiguous, aligned `f32`/`f64` Flex tensor, shared (no copy), or `None`.
+pub(crate) fn host(t: &Tensor<1>) -> Option<FlexTensor> {
+    let align = match t.dtype() {
+        DType::F32 => align_of::<f32>(),
+        DType::F64 => align_of::<f64>(),
+        _ => return None,
+    };
+    // Parameter sets hold values without autodiff; a state restored on an autodiff device is
+    // stripped of it here, so it takes the same path (and rounding) as before the restore.
+    let flex = t
+        .clone()
+        .without_autodiff()
+        .try_into_primitive::<Flex>()
+        .ok()?;
+    let layout = flex.layout();
+    let aligned = (flex.bytes().as_ptr() as usize).is_multiple_of(align);
+    (layout.is_contiguous() && layout.start_offset() == 0 && aligned).then_some(flex)
+}
+
+/// The storages of several tensors of one dtype, or `None` if one of them is not on the host or
+/// has another dtype.
+pub(crate) fn hosts<const N: usize>(tensors: [&Tensor<1>; N]) -> Option<[FlexTensor; N]> {
+    let dtype = tensors[0].dtype();
+    if tensors.iter().any(|t| t.dtype() != dtype) {
+        return None;
+    }
+    let flex: Vec<FlexTensor> = tensors.iter().map(|t| host(t)).collect::<Option<_>>()?;
+    flex.try_into().ok()
+}
+
+/// The first `n` values of a host tensor.
+pub(crate) fn values<E: HostFloat>(t: &FlexTensor, n: usize) -> &[E] {
+    bytemuck::cast_slice(&t.bytes()[..n * size_of::<E>()]) // `host` checked the alignment
+}
+
+/// Runs `body` on the rayon pool: the parallel loops inside it then start from a pool thread, so
+/// a whole fused evaluation costs one hand-over to the pool instead of one per loop.
+pub(crate) fn in_pool<T: Send>(body: impl FnOnce() -> T + Send) -> T {
+    rayon::scope(|_| body())
+}
+
+/// A new buffer of `n` values, block by block: `fill(range, out)` writes the values of `range`.
+///
+/// # Safety
+/// `fill` must initialise every element of `out` (the buffer is then read as initialised).
+pub(crate) unsafe fn write_blocks<E: HostFloat>(
+    n: usize,
+    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) + Sync,
+) -> Vec<E> {
+    // SAFETY: the caller's contract on `fill`.
+    unsafe { write_blocks_then(n, fill, |_, _| ()) }.0
+}
+
+/// As [`write_blocks`], and `then(range, values)` on each block just written (while it is still in
+/// cache); its results in block order.
+///
+/// # Safety
+/// As for [`write_blocks`].
+pub(crate) unsafe fn write_blocks_then<E: HostFloat, T: Send>(
+    n: usize,
+    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) + Sync,
+    then: impl Fn(Range<usize>, &[E]) -> T + Sync,
+) -> (Vec<E>, Vec<T>) {
+    let mut values: Vec<E> = Vec::with_capacity(n);
+    let out = &mut values.spare_capacity_mut()[..n];
+    let block = |(b, out): (usize, &mut [MaybeUninit<E>])| {
+        let range = b * BLOCK..b * BLOCK + out.len();
+        fill(range.clone(), out);
+        // SAFETY: `fill` initialised every element of `out` (the caller's contract).
+        let written = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<E>(), out.len()) };
+        then(range, written)
+    };
+    let results = match n >= PARALLEL_MIN {
+        true => out.par_chunks_mut(BLOCK).enumerate().map(block).collect(),
+        false => out.chunks_mut(BLOCK).enumerate().map(block).collect(),
+    };
+    // SAFETY: the chunks of `out` cover its n elements, and `fill` initialised each of them.
+    unsafe { values.set_len(n) };
+    (values, results)
+}
+
+/// For each block of `0..n`, `fill(range, scratch)` writes the block's values into a scratch
+/// buffer on the stack, and `then(range, values)` reduces them: nothing goes to main memory.
+/// Results in block order.
+///
+/// # Safety
+/// As for [`write_blocks`].
+pub(crate) unsafe fn scan_blocks<E: HostFloat, T: Send>(
+    n: usize,
+    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) + Sync,
+    then: impl Fn(Range<usize>, &[E]) -> T + Sync,
+) -> Vec<T> {
+    let block = |b: usize| {
+        let range = b * BLOCK..((b + 1) * BLOCK).min(n);
+        let mut scratch = [MaybeUninit::<E>::uninit(); BLOCK];
+        let out = &mut scratch[..range.len()];
+        fill(range.clone(), out);
+        // SAFETY: `fill` initialised every element of `out` (the caller's contract).
+        let written = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<E>(), out.len()) };
+        then(range, written)
+    };
+    let blocks = n.div_ceil(BLOCK);
+    match n >= PARALLEL_MIN {
+        true => (0..blocks).into_par_iter().map(block).collect(),
+        false => (0..blocks).map(block).collect(),
+    }
+}
+
+/// A rank-1 tensor from host values, on the device and with the dtype of `like` (no copy).
+pub(crate) fn tensor_like<E: HostFloat>(values: Vec<E>, like: &Tensor<1>) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), (&like.device(), like.dtype()))
+}
+
+/// a·x + b·y for two host tensors of the same dtype and length (`None` otherwise).
+pub(crate) fn axpby(a: f64, x: &Tensor<1>, b: f64, y: &Tensor<1>) -> Option<Tensor<1>> {
+    let n = x.dims()[0];
+    if y.dims()[0] != n {
+        return None;
+    }
+    let [hx, hy] = hosts([x, y])?;
+    fn typed<E: HostFloat>(a: f64, x: &FlexTensor, b: f64, y: &FlexTensor, n: usize) -> Vec<E> {
+        let (x, y) = (values::<E>(x, n), values::<E>(y, n));
+        let (a, b) = (E::from_f64(a), E::from_f64(b));
+        let fill = |range: Range<usize>, out: &mut [MaybeUninit<E>]| {
+            for ((o, &x), &y) in out.iter_mut().zip(&x[range.clone()]).zip(&y[range]) {
+                o.write(a * x + b * y);
+            }
+        };
+        // SAFETY: `out` has the length of `range`, so the zip writes every element.
+        unsafe { write_blocks(n, fill) }
+    }
+    Some(match x.dtype() {
+        DType::F32 => tensor_like(typed::<f32>(a, &hx, b, &hy, n), x),
+        _ => tensor_like(typed::<f64>(a, &hx, b, &hy, n), x),
+    })
+}
