@@ -83,37 +83,19 @@ pub(crate) fn in_pool<T: Send>(body: impl FnOnce() -> T + Send) -> T {
     rayon::scope(|_| body())
 }
 
-/// A new buffer of `n` values, block by block: `fill(range, out)` writes the values of `range`.
+/// A new buffer of `n` values, block by block: `fill(range, out)` writes the values of `range`
+/// into `out` and returns what it accumulated on the way (e.g. the block's part of a norm); those
+/// results come back in block order.
 ///
 /// # Safety
 /// `fill` must initialise every element of `out` (the buffer is then read as initialised).
-pub(crate) unsafe fn write_blocks<E: HostFloat>(
+pub(crate) unsafe fn write_blocks<E: HostFloat, T: Send>(
     n: usize,
-    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) + Sync,
-) -> Vec<E> {
-    // SAFETY: the caller's contract on `fill`.
-    unsafe { write_blocks_then(n, fill, |_, _| ()) }.0
-}
-
-/// As [`write_blocks`], and `then(range, values)` on each block just written (while it is still in
-/// cache); its results in block order.
-///
-/// # Safety
-/// As for [`write_blocks`].
-pub(crate) unsafe fn write_blocks_then<E: HostFloat, T: Send>(
-    n: usize,
-    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) + Sync,
-    then: impl Fn(Range<usize>, &[E]) -> T + Sync,
+    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) -> T + Sync,
 ) -> (Vec<E>, Vec<T>) {
     let mut values: Vec<E> = Vec::with_capacity(n);
     let out = &mut values.spare_capacity_mut()[..n];
-    let block = |(b, out): (usize, &mut [MaybeUninit<E>])| {
-        let range = b * BLOCK..b * BLOCK + out.len();
-        fill(range.clone(), out);
-        // SAFETY: `fill` initialised every element of `out` (the caller's contract).
-        let written = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<E>(), out.len()) };
-        then(range, written)
-    };
+    let block = |(b, out): (usize, &mut [MaybeUninit<E>])| fill(b * BLOCK..b * BLOCK + out.len(), out);
     let results = match n >= PARALLEL_MIN {
         true => out.par_chunks_mut(BLOCK).enumerate().map(block).collect(),
         false => out.chunks_mut(BLOCK).enumerate().map(block).collect(),
@@ -123,26 +105,10 @@ pub(crate) unsafe fn write_blocks_then<E: HostFloat, T: Send>(
     (values, results)
 }
 
-/// For each block of `0..n`, `fill(range, scratch)` writes the block's values into a scratch
-/// buffer on the stack, and `then(range, values)` reduces them: nothing goes to main memory.
-/// Results in block order.
-///
-/// # Safety
-/// As for [`write_blocks`].
-pub(crate) unsafe fn scan_blocks<E: HostFloat, T: Send>(
-    n: usize,
-    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) + Sync,
-    then: impl Fn(Range<usize>, &[E]) -> T + Sync,
-) -> Vec<T> {
-    let block = |b: usize| {
-        let range = b * BLOCK..((b + 1) * BLOCK).min(n);
-        let mut scratch = [MaybeUninit::<E>::uninit(); BLOCK];
-        let out = &mut scratch[..range.len()];
-        fill(range.clone(), out);
-        // SAFETY: `fill` initialised every element of `out` (the caller's contract).
-        let written = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<E>(), out.len()) };
-        then(range, written)
-    };
+/// `reduce(range)` for each block of `0..n`, in parallel for large `n`; the results in block order
+/// (so they do not depend on the number of threads).
+pub(crate) fn reduce_blocks<T: Send>(n: usize, reduce: impl Fn(Range<usize>) -> T + Sync) -> Vec<T> {
+    let block = |b: usize| reduce(b * BLOCK..((b + 1) * BLOCK).min(n));
     let blocks = n.div_ceil(BLOCK);
     match n >= PARALLEL_MIN {
         true => (0..blocks).into_par_iter().map(block).collect(),
@@ -172,7 +138,7 @@ pub(crate) fn axpby(a: f64, x: &Tensor<1>, b: f64, y: &Tensor<1>) -> Option<Tens
             }
         };
         // SAFETY: `out` has the length of `range`, so the zip writes every element.
-        unsafe { write_blocks(n, fill) }
+        unsafe { write_blocks(n, fill) }.0
     }
     Some(match x.dtype() {
         DType::F32 => tensor_like(typed::<f32>(a, &hx, b, &hy, n), x),

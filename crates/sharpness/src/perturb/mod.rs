@@ -86,7 +86,10 @@ pub trait Preconditioner: Send + Sync {
         }
     }
 
-    /// Commits state for this step (called only once the step has succeeded).
+    /// Commits state for this step's gradient `g` (e.g. infoSAM's moving average). [`TwoPass`]
+    /// calls it right after [`Preconditioner::perturbed_weights`], while g is still in cache, and
+    /// before the second pass: if that pass fails, the optimizer wrapper rolls the whole
+    /// estimator back (it keeps a copy from before the step), so a failed step leaves no trace.
     fn commit(&mut self, _g: &ParamSet) {}
 
     /// Called after every successful step, e.g. to refresh SSAM's mask.
@@ -203,20 +206,20 @@ impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
         ctx: &StepContext,
     ) -> Result<ParamSet, SharpnessError> {
         let g = &at_weights.grad;
-        let grad = if ctx.rho == 0.0 {
-            g.clone()
-        } else {
-            let perturbed = self
-                .preconditioner
-                .perturbed_weights(ctx.rho, g, oracle.weights());
-            if perturbed.squared_norm == 0.0 {
-                g.clone()
-            } else {
-                oracle.evaluate_at(&perturbed.weights)?.grad
-            }
-        };
+        if ctx.rho == 0.0 {
+            self.preconditioner.commit(g);
+            return Ok(g.clone());
+        }
+        let perturbed = self
+            .preconditioner
+            .perturbed_weights(ctx.rho, g, oracle.weights());
+        // Committed now, while g (and the state the perturbation just read) are still in cache:
+        // if the second pass fails, the optimizer rolls the whole estimator back.
         self.preconditioner.commit(g);
-        Ok(grad)
+        if perturbed.squared_norm == 0.0 {
+            return Ok(g.clone());
+        }
+        Ok(oracle.evaluate_at(&perturbed.weights)?.grad)
     }
 
     fn after_step(
