@@ -95,7 +95,8 @@ pub(crate) unsafe fn write_blocks<E: HostFloat, T: Send>(
 ) -> (Vec<E>, Vec<T>) {
     let mut values: Vec<E> = Vec::with_capacity(n);
     let out = &mut values.spare_capacity_mut()[..n];
-    let block = |(b, out): (usize, &mut [MaybeUninit<E>])| fill(b * BLOCK..b * BLOCK + out.len(), out);
+    let block =
+        |(b, out): (usize, &mut [MaybeUninit<E>])| fill(b * BLOCK..b * BLOCK + out.len(), out);
     let results = match n >= PARALLEL_MIN {
         true => out.par_chunks_mut(BLOCK).enumerate().map(block).collect(),
         false => out.chunks_mut(BLOCK).enumerate().map(block).collect(),
@@ -107,7 +108,10 @@ pub(crate) unsafe fn write_blocks<E: HostFloat, T: Send>(
 
 /// `reduce(range)` for each block of `0..n`, in parallel for large `n`; the results in block order
 /// (so they do not depend on the number of threads).
-pub(crate) fn reduce_blocks<T: Send>(n: usize, reduce: impl Fn(Range<usize>) -> T + Sync) -> Vec<T> {
+pub(crate) fn reduce_blocks<T: Send>(
+    n: usize,
+    reduce: impl Fn(Range<usize>) -> T + Sync,
+) -> Vec<T> {
     let block = |b: usize| reduce(b * BLOCK..((b + 1) * BLOCK).min(n));
     let blocks = n.div_ceil(BLOCK);
     match n >= PARALLEL_MIN {

@@ -388,9 +388,18 @@ struct Need {
 }
 
 impl Need {
-    const NOTHING: Need = Need { gd: false, dd: false };
-    const GD: Need = Need { gd: true, dd: false };
-    const DD: Need = Need { gd: false, dd: true };
+    const NOTHING: Need = Need {
+        gd: false,
+        dd: false,
+    };
+    const GD: Need = Need {
+        gd: true,
+        dd: false,
+    };
+    const DD: Need = Need {
+        gd: false,
+        dd: true,
+    };
 }
 
 /// What a fused pass writes for each coordinate.
@@ -487,7 +496,13 @@ where
     /// One block, coordinates `r`: `output` into `out` (which then has the length of `r`, and
     /// is written whole; it is empty for [`Output::Nothing`]), and the block's sums `need`.
     #[inline(always)]
-    fn block(&self, r: Range<usize>, out: &mut [MaybeUninit<E>], output: Output<E>, need: Need) -> Sums {
+    fn block(
+        &self,
+        r: Range<usize>,
+        out: &mut [MaybeUninit<E>],
+        output: Output<E>,
+        need: Need,
+    ) -> Sums {
         match (need.gd, need.dd) {
             (false, false) => self.block_for::<false, false>(r, out, output),
             (true, false) => self.block_for::<true, false>(r, out, output),
