@@ -4,7 +4,8 @@
 //! `cargo bench -p sharpness --bench step` runs the criterion groups (whole steps; ε and w + ε
 //! alone), then prints a table: each method's step and an SGD step timed alternately (101 rounds,
 //! medians, so both see the same machine load), w + ε and the state update timed inside those
-//! steps, and the parts alone (fastest of 101 calls).
+//! steps, ε's own cost there (w + ε less SAM's, whose ε is free: what a rule adds to the write
+//! every method pays), and the parts alone (fastest of 101 calls).
 //! `SHARPNESS_BENCH_BREAKDOWN=1 cargo bench -p sharpness --bench step` prints instead where one
 //! step's time goes (fastest of 101 runs per part); `SHARPNESS_BENCH_PROFILE=<part>` then repeats
 //! one part, e.g. under `perf record`.
