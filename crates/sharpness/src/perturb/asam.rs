@@ -1,10 +1,8 @@
 //! ASAM (Kwon et al., ICML 2021; spec §2).
 
-use super::{
-    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
-};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check_non_negative};
-use crate::params::{ParamSet, ParamTensor};
+use crate::params::ParamTensor;
 
 /// Which tensors ASAM rescales by T_w = |w| + η. The two public conventions differ by a factor of
 /// about 4 in the useful ρ (peers.md B7), so the choice is explicit.
@@ -69,17 +67,7 @@ impl Preconditioner for Asam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, rho, g, w)
-    }
-
-    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
-        diagonal::perturbed_weights(self, rho, g, w)
-    }
+    diagonal::diagonal_preconditioner!();
 }
 
 impl DiagonalRule for Asam {

@@ -118,6 +118,40 @@ pub trait DiagonalRule {
     }
 }
 
+/// The [`Preconditioner`] methods of a built-in diagonal rule (inside its `impl Preconditioner`
+/// block): `direction`, `perturbation` and `perturbed_weights` by this module, so each rule states
+/// only its name, normalisation and state.
+macro_rules! diagonal_preconditioner {
+    () => {
+        fn direction(
+            &self,
+            g: &crate::params::ParamSet,
+            w: &crate::params::ParamSet,
+        ) -> crate::params::ParamSet {
+            crate::perturb::diagonal::direction(self, g, w)
+        }
+
+        fn perturbation(
+            &self,
+            rho: f64,
+            g: &crate::params::ParamSet,
+            w: &crate::params::ParamSet,
+        ) -> crate::perturb::Perturbation {
+            crate::perturb::diagonal::perturbation(self, rho, g, w)
+        }
+
+        fn perturbed_weights(
+            &self,
+            rho: f64,
+            g: &crate::params::ParamSet,
+            w: &crate::params::ParamSet,
+        ) -> crate::perturb::Perturbed {
+            crate::perturb::diagonal::perturbed_weights(self, rho, g, w)
+        }
+    };
+}
+pub(crate) use diagonal_preconditioner;
+
 /// d = λ · f(g, w, a) by tensor operations (any backend).
 pub fn direction<R: DiagonalRule>(rule: &R, g: &ParamSet, w: &ParamSet) -> ParamSet {
     let f = direction_without_factor(rule, g, w);

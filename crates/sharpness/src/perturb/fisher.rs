@@ -1,10 +1,8 @@
 //! Fisher SAM (Kim, Li, Hu & Hospedales, ICML 2022; spec §3).
 
-use super::{
-    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
-};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check_non_negative};
-use crate::params::{ParamSet, ParamTensor};
+use crate::params::ParamTensor;
 
 /// Fisher SAM: the perturbation on the Fisher ball δᵀF δ ≤ ρ² with the diagonal empirical Fisher
 /// from the batch gradient, F = I + η diag(g ⊙ g):
@@ -56,17 +54,7 @@ impl Preconditioner for FisherSam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, rho, g, w)
-    }
-
-    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
-        diagonal::perturbed_weights(self, rho, g, w)
-    }
+    diagonal::diagonal_preconditioner!();
 }
 
 impl DiagonalRule for FisherSam {

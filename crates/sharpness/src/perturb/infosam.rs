@@ -2,9 +2,7 @@
 
 use burn::tensor::Device;
 
-use super::{
-    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
-};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::StateRecord;
 use crate::params::{ParamSet, ParamTensor};
@@ -77,17 +75,7 @@ impl Preconditioner for InfoSam {
         Normalization::Objective
     }
 
-    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, rho, g, w)
-    }
-
-    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
-        diagonal::perturbed_weights(self, rho, g, w)
-    }
+    diagonal::diagonal_preconditioner!();
 
     fn commit(&mut self, g: &ParamSet) {
         self.mean = Some(match &self.mean {

@@ -1,9 +1,7 @@
 //! Monge SAM (Jacobsen & Arvanitidis 2025, eq. 9; spec §4).
 
-use super::{
-    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
-};
-use crate::params::{ParamSet, ParamTensor};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use crate::params::ParamTensor;
 
 /// M-SAM: the perturbation under the Monge metric G = I + ∇ℓ∇ℓᵀ of the loss surface seen as the
 /// graph θ ↦ (θ, ℓ(θ)):
@@ -34,17 +32,7 @@ impl Preconditioner for MongeSam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, rho, g, w)
-    }
-
-    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
-        diagonal::perturbed_weights(self, rho, g, w)
-    }
+    diagonal::diagonal_preconditioner!();
 }
 
 impl DiagonalRule for MongeSam {

@@ -1,9 +1,7 @@
 //! SAM (Foret et al., ICLR 2021; spec §1).
 
-use super::{
-    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
-};
-use crate::params::{ParamSet, ParamTensor};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use crate::params::ParamTensor;
 
 /// SAM: ε = ρ g / (‖g‖ + ξ), the first-order solution of max_{‖ε‖≤ρ} L(w + ε), with the norm taken
 /// globally over all parameter tensors. As a preconditioner: constraint form with C = I.
@@ -26,17 +24,7 @@ impl Preconditioner for Sam {
         Normalization::Constraint
     }
 
-    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, rho, g, w)
-    }
-
-    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
-        diagonal::perturbed_weights(self, rho, g, w)
-    }
+    diagonal::diagonal_preconditioner!();
 }
 
 impl DiagonalRule for Sam {

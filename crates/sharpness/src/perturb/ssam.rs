@@ -2,9 +2,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{
-    Coordinate, DiagonalRule, Normalization, Perturbation, Perturbed, Preconditioner, diagonal,
-};
+use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::{Oracle, StateRecord, StepContext};
 use crate::params::{ParamSet, ParamTensor};
@@ -99,17 +97,7 @@ impl Preconditioner for Ssam {
         Normalization::Gradient
     }
 
-    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
-        diagonal::direction(self, g, w)
-    }
-
-    fn perturbation(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbation {
-        diagonal::perturbation(self, rho, g, w)
-    }
-
-    fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
-        diagonal::perturbed_weights(self, rho, g, w)
-    }
+    diagonal::diagonal_preconditioner!();
 
     fn after_step(
         &mut self,
