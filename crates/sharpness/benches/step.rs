@@ -3,9 +3,11 @@
 //!
 //! `cargo bench -p sharpness --bench step` runs the criterion groups (whole steps; ε and w + ε
 //! alone), then prints a table: each method's step and an SGD step timed alternately (101 rounds,
-//! medians, so both see the same machine load), w + ε and the state update timed inside those
+//! medians, so both see the same machine load), w + ε with the state update timed inside those
 //! steps, ε's own cost there (w + ε less SAM's, whose ε is free: what a rule adds to the write
-//! every method pays), and the parts alone (fastest of 101 calls).
+//! every method pays), and the parts alone (fastest of 101 calls). The row `infosam/apart`
+//! commits infoSAM's moving average as a pass of its own (the trait's default) instead of in the
+//! pass that reads g and m for the norm.
 //! `SHARPNESS_BENCH_BREAKDOWN=1 cargo bench -p sharpness --bench step` prints instead where one
 //! step's time goes (fastest of 101 runs per part); `SHARPNESS_BENCH_PROFILE=<part>` then repeats
 //! one part, e.g. under `perf record`.
@@ -212,13 +214,14 @@ fn median_of(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A preconditioner that records how long w + ε and its state update take inside real steps (the
-/// clones a step keeps for roll-back share the records).
+/// A preconditioner that records how long w + ε and its state update take together inside real
+/// steps (the clones a step keeps for roll-back share the record). With `apart`, the state update
+/// is a `commit` of its own after w + ε (the trait's default) instead of the rule's fused one.
 #[derive(Clone)]
 struct Timed<P> {
     inner: P,
+    apart: bool,
     perturbed: Arc<Mutex<Vec<f64>>>,
-    commit: Arc<Mutex<Vec<f64>>>,
 }
 
 impl<P: Preconditioner> Preconditioner for Timed<P> {
@@ -235,18 +238,26 @@ impl<P: Preconditioner> Preconditioner for Timed<P> {
         self.inner.perturbation(rho, g, w)
     }
     fn perturbed_weights(&self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        self.inner.perturbed_weights(rho, g, w)
+    }
+    fn commit(&mut self, g: &ParamSet) {
+        self.inner.commit(g);
+    }
+    fn perturb_and_commit(&mut self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
         let t = Instant::now();
-        let p = self.inner.perturbed_weights(rho, g, w);
+        let p = match self.apart {
+            true => {
+                let p = self.inner.perturbed_weights(rho, g, w);
+                self.inner.commit(g);
+                p
+            }
+            false => self.inner.perturb_and_commit(rho, g, w),
+        };
         self.perturbed
             .lock()
             .unwrap()
             .push(t.elapsed().as_secs_f64());
         p
-    }
-    fn commit(&mut self, g: &ParamSet) {
-        let t = Instant::now();
-        self.inner.commit(g);
-        self.commit.lock().unwrap().push(t.elapsed().as_secs_f64());
     }
     fn after_step(
         &mut self,
@@ -258,23 +269,28 @@ impl<P: Preconditioner> Preconditioner for Timed<P> {
 }
 
 /// In real steps (interleaved with SGD steps): median seconds of the SGD step, of the method's
-/// step, of its perturbed weights w + ε (from g and w) and of its state update.
-fn in_steps<P: Preconditioner + Clone + 'static>(s: &Setup, inner: P, rounds: usize) -> [f64; 4] {
+/// step, and of its perturbed weights w + ε (from g and w) with its state update.
+fn in_steps<P: Preconditioner + Clone + 'static>(
+    s: &Setup,
+    inner: P,
+    apart: bool,
+    rounds: usize,
+) -> [f64; 3] {
     let timed = Timed {
         inner,
+        apart,
         perturbed: Arc::default(),
-        commit: Arc::default(),
     };
-    let (perturbed, commit) = (timed.perturbed.clone(), timed.commit.clone());
+    let perturbed = timed.perturbed.clone();
     let (base, step) = interleaved(s, Box::new(TwoPass::new(timed)), rounds);
-    let measured = |log: &Arc<Mutex<Vec<f64>>>| median_of(log.lock().unwrap()[WARMUP..].to_vec());
-    [base, step, measured(&perturbed), measured(&commit)]
+    let perturbed = median_of(perturbed.lock().unwrap()[WARMUP..].to_vec());
+    [base, step, perturbed]
 }
 
 /// Times of a method's parts on their own, in seconds (fastest of 101 calls: without
 /// interference from the rest of the machine).
 struct Parts {
-    /// w + ε from g and w, as a step computes it.
+    /// w + ε from g and w, with the state update, as a step computes them.
     perturbed: f64,
     /// ε alone, materialised ([`Preconditioner::perturbation`]).
     perturbation: f64,
@@ -290,11 +306,11 @@ fn ratio_table() {
     let g = ParamSet::from_gradients(&s.model, &grads);
     let w = ParamSet::weights_like(&s.model, &g);
     println!("\nmedians of 101 steps, each after an SGD step | parts alone, fastest of 101 calls");
+    println!("(w + ε: with the state update; ε's own: w + ε in steps less SAM's, whose ε is free,");
+    println!(" i.e. what the rule adds to the write of w + ε that every method pays;");
+    println!(" infosam/apart: its moving average as a pass of its own after w + ε)");
     println!(
-        "(ε's own: w + ε in steps less SAM's, whose ε is free: what the rule adds to the write of w + ε)"
-    );
-    println!(
-        "{:9} {:>8} {:>9} {:>6} {:>11} {:>6} {:>8} {:>6} {:>9} | {:>8} {:>6} {:>8} {:>10}",
+        "{:13} {:>8} {:>9} {:>6} {:>11} {:>6} {:>8} {:>6} | {:>8} {:>6} {:>8} {:>10}",
         "method",
         "SGD (ms)",
         "step (ms)",
@@ -303,22 +319,30 @@ fn ratio_table() {
         "share",
         "ε's own",
         "share",
-        "state upd",
         "w + ε",
         "share",
         "ε",
         "ε (tensor)"
     );
     let mut write_only = f64::NAN;
-    for name in ["sam", "asam", "fisher", "msam", "ssam", "infosam"] {
+    for name in [
+        "sam",
+        "asam",
+        "fisher",
+        "msam",
+        "ssam",
+        "infosam",
+        "infosam/apart",
+    ] {
         let rounds = 101;
-        let [base, step, perturbed, state_update] = match name {
-            "sam" => in_steps(&s, Sam, rounds),
-            "asam" => in_steps(&s, Asam::default(), rounds),
-            "fisher" => in_steps(&s, FisherSam::default(), rounds),
-            "msam" => in_steps(&s, MongeSam, rounds),
-            "ssam" => in_steps(&s, Ssam::new(0.5, 16, 1000).unwrap(), rounds),
-            _ => in_steps(&s, InfoSam::default(), rounds),
+        let [base, step, perturbed] = match name {
+            "sam" => in_steps(&s, Sam, false, rounds),
+            "asam" => in_steps(&s, Asam::default(), false, rounds),
+            "fisher" => in_steps(&s, FisherSam::default(), false, rounds),
+            "msam" => in_steps(&s, MongeSam, false, rounds),
+            "ssam" => in_steps(&s, Ssam::new(0.5, 16, 1000).unwrap(), false, rounds),
+            "infosam" => in_steps(&s, InfoSam::default(), false, rounds),
+            _ => in_steps(&s, InfoSam::default(), true, rounds),
         };
         let parts = parts(name, &g, &w);
         if name == "sam" {
@@ -327,7 +351,7 @@ fn ratio_table() {
         let own = (perturbed - write_only).max(0.0);
         let ms = 1e3;
         println!(
-            "{name:9} {:8.2} {:9.2} {:6.2} {:11.3} {:5.1}% {:8.3} {:5.1}% {:9.3} | {:8.3} {:5.1}% {:8.3} {:10.3}",
+            "{name:13} {:8.2} {:9.2} {:6.2} {:11.3} {:5.1}% {:8.3} {:5.1}% | {:8.3} {:5.1}% {:8.3} {:10.3}",
             base * ms,
             step * ms,
             step / base,
@@ -335,7 +359,6 @@ fn ratio_table() {
             100.0 * perturbed / step,
             own * ms,
             100.0 * own / step,
-            state_update * ms,
             parts.perturbed * ms,
             100.0 * parts.perturbed / step,
             parts.perturbation * ms,
@@ -345,27 +368,42 @@ fn ratio_table() {
 }
 
 fn parts(name: &str, g: &ParamSet, w: &ParamSet) -> Parts {
-    fn of<R: DiagonalRule + Preconditioner + Clone>(r: R, g: &ParamSet, w: &ParamSet) -> Parts {
+    fn of<R: DiagonalRule + Preconditioner + Clone>(
+        r: R,
+        g: &ParamSet,
+        w: &ParamSet,
+        apart: bool,
+    ) -> Parts {
+        let with_state = || {
+            let mut r = r.clone();
+            match apart {
+                true => {
+                    drop(r.perturbed_weights(0.05, g, w));
+                    r.commit(g);
+                }
+                false => drop(r.perturb_and_commit(0.05, g, w)),
+            }
+        };
         Parts {
-            perturbed: fastest(|| drop(r.perturbed_weights(0.05, g, w)), 101),
+            perturbed: fastest(with_state, 101),
             perturbation: fastest(|| drop(r.perturbation(0.05, g, w)), 101),
             tensor_ops: fastest(|| drop(diagonal::unfused(&r, 0.05, g, w)), 101),
         }
     }
     match name {
-        "sam" => of(Sam, g, w),
-        "asam" => of(Asam::default(), g, w),
-        "fisher" => of(FisherSam::default(), g, w),
-        "msam" => of(MongeSam, g, w),
+        "sam" => of(Sam, g, w, false),
+        "asam" => of(Asam::default(), g, w, false),
+        "fisher" => of(FisherSam::default(), g, w, false),
+        "msam" => of(MongeSam, g, w, false),
         "ssam" => {
             let mut ssam = Ssam::new(0.5, 16, 1).unwrap();
             ssam.set_mask_from_fisher(&g.mul(g));
-            of(ssam, g, w)
+            of(ssam, g, w, false)
         }
         _ => {
             let mut info = InfoSam::default();
             info.commit(&g.scale(0.9));
-            of(info, g, w)
+            of(info, g, w, name == "infosam/apart")
         }
     }
 }
@@ -443,6 +481,10 @@ fn breakdown() {
             Box::new(|| drop(info.perturbation(0.05, &g, &w))),
         ),
         ("infoSAM commit", Box::new(|| info.clone().commit(&g))),
+        (
+            "infoSAM w + ε and commit",
+            Box::new(|| drop(info.clone().perturb_and_commit(0.05, &g, &w))),
+        ),
         ("w + ε from ε (one pass)", Box::new(|| drop(p.apply_to(&w)))),
         (
             "ASAM w + ε from g, w",

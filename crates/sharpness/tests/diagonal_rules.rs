@@ -93,6 +93,23 @@ fn check<R: DiagonalRule + Preconditioner>(
         "{name}: perturbed weights"
     );
     assert_eq!(perturbed.squared_norm, used.squared_norm, "{name}: ‖ε‖²");
+    // The state for the next step, written by the pass that reads g and a for the scale: the
+    // same w + ε, and the same state as on its own and as by tensor operations.
+    let (with_state, state) = diagonal::perturbed_weights_and_state(rule, rho, g, w);
+    assert_eq!(
+        with_state.weights.to_vec(),
+        perturbed.weights.to_vec(),
+        "{name}"
+    );
+    assert_eq!(with_state.squared_norm, perturbed.squared_norm, "{name}");
+    let alone = diagonal::updated_state(rule, g);
+    let by_ops = rule.auxiliary().filter(|_| rule.updates_state()).map(|a| {
+        let update = rule.state_update::<Tensor<1>>();
+        g.zip_map(a, |g, a| update(g, a))
+    });
+    let values = |s: Option<ParamSet>| s.map(|s| s.to_vec());
+    assert_eq!(values(state), values(by_ops.clone()), "{name}: state");
+    assert_eq!(values(alone), values(by_ops), "{name}: state alone");
     if rule.keeps_gradient() {
         let f = diagonal::direction(rule, g, w);
         let lambda = rule.global_factor(|| g.squared_norm());
@@ -119,6 +136,7 @@ fn all_rules(g: &ParamSet, w: &ParamSet, tol: f64) {
     let mut info = InfoSam::new(0.8, 1e-6).unwrap();
     check("infosam (first step)", &info, g, w, tol);
     info.commit(&g.scale(0.5));
+    assert!(diagonal::updated_state(&info, g).is_some());
     check("infosam", &info, g, w, tol);
     let mut ssam = Ssam::new(0.5, 4, 1).unwrap();
     ssam.set_mask_from_fisher(&w.mul(w));

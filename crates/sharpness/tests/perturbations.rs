@@ -144,6 +144,25 @@ fn infosam_first_step_is_sam_then_inverse_variance_weighted() {
         &expected,
         1e-9,
     );
+    // A step commits m₂ = 0.5 m₁ + 0.5 g₂ with w + ε: fused with the perturbation, or alone.
+    let mean = |info: &InfoSam| {
+        info.save_state()
+            .get_set("infosam.mean", &device())
+            .unwrap()
+            .to_vec()
+    };
+    let mut alone = info.clone();
+    let perturbed = info.perturb_and_commit(0.3, &g2, &w);
+    let w_plus: Vec<f64> = w
+        .to_vec()
+        .iter()
+        .zip(&expected)
+        .map(|(w, e)| w + e)
+        .collect();
+    assert_close(&perturbed.weights.to_vec(), &w_plus, 1e-9);
+    assert_eq!(mean(&info), [2.0, 2.0, 1.5, 0.5]);
+    alone.commit(&g2);
+    assert_eq!(mean(&alone), mean(&info));
 }
 
 #[test]

@@ -116,6 +116,18 @@ pub trait DiagonalRule {
     fn keeps_gradient(&self) -> bool {
         false
     }
+
+    /// The per-coordinate state after this step, (g, a) ↦ a' (infoSAM's moving average); the
+    /// default keeps a. Read only when the rule [updates its state](DiagonalRule::updates_state).
+    fn state_update<X: Coordinate>(&self) -> impl Fn(X, X) -> X + Sync {
+        |_g, a| a
+    }
+
+    /// Whether every step moves the state by [`DiagonalRule::state_update`]: the fused passes of
+    /// [`perturbed_weights_and_state`] then write a' while they read g and a for the scale.
+    fn updates_state(&self) -> bool {
+        false
+    }
 }
 
 /// The [`Preconditioner`] methods of a built-in diagonal rule (inside its `impl Preconditioner`
@@ -305,10 +317,61 @@ pub fn perturbed_weights<R: DiagonalRule + Preconditioner>(
     g: &ParamSet,
     w: &ParamSet,
 ) -> Perturbed {
+    perturb(rule, rho, g, w, false).0
+}
+
+/// [`perturbed_weights`], and the rule's state for the next step, a' = u(g, a) for every
+/// coordinate, when it [updates its state](DiagonalRule::updates_state) and has one (`None`
+/// otherwise). On the fused path the pass that reads g and a for the scale writes a' on the way,
+/// so a step reads them twice instead of three times. The state has the same bits as
+/// [`updated_state`]'s.
+pub fn perturbed_weights_and_state<R: DiagonalRule + Preconditioner>(
+    rule: &R,
+    rho: f64,
+    g: &ParamSet,
+    w: &ParamSet,
+) -> (Perturbed, Option<ParamSet>) {
+    perturb(rule, rho, g, w, true)
+}
+
+/// The rule's state after this step, a' = u(g, a) for every coordinate ([`DiagonalRule::state_update`]),
+/// by a fused host pass or tensor operations (the same bits); `None` unless the rule
+/// [updates its state](DiagonalRule::updates_state) and has one.
+pub fn updated_state<R: DiagonalRule + Sync>(rule: &R, g: &ParamSet) -> Option<ParamSet> {
+    let a = rule.auxiliary().filter(|_| rule.updates_state())?;
+    // The weights are not read: g stands in for them.
+    let Some(inputs) = host_inputs(rule, g, g) else {
+        let update = rule.state_update::<Tensor<1>>();
+        return Some(g.map(|e| update(e.value.clone(), matching(a, e, "state").value.clone())));
+    };
+    Some(host::in_pool(|| {
+        g.map_indexed(|i, e| {
+            by_dtype!(e.value.dtype(), |E| {
+                let kernel = kernel::<E, R>(rule, e, &inputs[i], true);
+                host::tensor_like(kernel.written(Output::State, Need::NOTHING).0, &e.value)
+            })
+        })
+    }))
+}
+
+/// w + ε, with the state for the next step if `update_state` (see [`perturbed_weights_and_state`]).
+fn perturb<R: DiagonalRule + Preconditioner>(
+    rule: &R,
+    rho: f64,
+    g: &ParamSet,
+    w: &ParamSet,
+    update_state: bool,
+) -> (Perturbed, Option<ParamSet>) {
     let normalization = rule.normalization();
-    let by_epsilon = |p: Perturbation| Perturbed {
-        weights: p.apply_to(w),
-        squared_norm: p.squared_norm,
+    let by_epsilon = |p: Perturbation| {
+        let perturbed = Perturbed {
+            weights: p.apply_to(w),
+            squared_norm: p.squared_norm,
+        };
+        (
+            perturbed,
+            update_state.then(|| updated_state(rule, g)).flatten(),
+        )
     };
     let Some(inputs) = host_inputs(rule, g, w) else {
         return by_epsilon(unfused(rule, rho, g, w));
@@ -317,6 +380,7 @@ pub fn perturbed_weights<R: DiagonalRule + Preconditioner>(
         return by_epsilon(gradient_direction(rule, normalization, rho, g));
     }
     let has_state = rule.auxiliary().is_some();
+    let write_state = update_state && has_state && rule.updates_state();
     let for_scale = match normalization {
         Normalization::Constraint => Need::GD,
         Normalization::Objective => Need::DD,
@@ -324,7 +388,19 @@ pub fn perturbed_weights<R: DiagonalRule + Preconditioner>(
     };
     host::in_pool(|| {
         let mut sums = Sums::default();
-        if for_scale != Need::NOTHING {
+        let mut state = Vec::new();
+        if write_state {
+            // The pass that reads g and a for the scale (or, for the gradient form, which has
+            // none, a pass of its own) writes a'.
+            for (e, x) in g.iter().zip(&inputs) {
+                by_dtype!(e.value.dtype(), |E| {
+                    let kernel = kernel::<E, R>(rule, e, x, has_state);
+                    let (values, s) = kernel.written(Output::State, for_scale);
+                    sums.add(s);
+                    state.push(host::tensor_like(values, &e.value));
+                })
+            }
+        } else if for_scale != Need::NOTHING {
             for (e, x) in g.iter().zip(&inputs) {
                 sums.add(by_dtype!(e.value.dtype(), |E| {
                     kernel::<E, R>(rule, e, x, has_state).sums(for_scale)
@@ -339,15 +415,18 @@ pub fn perturbed_weights<R: DiagonalRule + Preconditioner>(
         let weights = g.map_indexed(|i, e| {
             by_dtype!(e.value.dtype(), |E| {
                 let kernel = kernel::<E, R>(rule, e, &inputs[i], has_state);
-                let (values, written) = kernel.perturbed(E::from_f64(s), while_writing);
+                let (values, written) =
+                    kernel.written(Output::Perturbed(E::from_f64(s)), while_writing);
                 sums.add(written);
                 host::tensor_like(values, &e.value)
             })
         });
-        Perturbed {
+        let perturbed = Perturbed {
             weights,
             squared_norm: s * s * sums.dd,
-        }
+        };
+        let state = write_state.then(|| g.map_indexed(|i, _| state[i].clone()));
+        (perturbed, state)
     })
 }
 
@@ -445,17 +524,21 @@ enum Output<E> {
     Direction,
     /// w + s·f(g, w, a).
     Perturbed(E),
+    /// The rule's state for the next step, u(g, a).
+    State,
 }
 
-/// The fused loops over one tensor: its host slices, and the rule on [`Lanes`] and on single
-/// coordinates.
-struct Kernel<'a, E, FL, F1> {
+/// The fused loops over one tensor: its host slices, and the rule and its state update on
+/// [`Lanes`] and on single coordinates.
+struct Kernel<'a, E, FL, F1, UL, U1> {
     g: &'a [E],
     w: &'a [E],
     a: &'a [E],
     has_state: bool,
     lanes: FL,
     one: F1,
+    update_lanes: UL,
+    update_one: U1,
 }
 
 #[allow(clippy::type_complexity)] // the two closures of `rule_for` (no alias for `impl Fn` types)
@@ -469,6 +552,8 @@ fn kernel<'a, E: HostFloat, R: DiagonalRule>(
     E,
     impl Fn(Lanes<E>, Lanes<E>, Option<Lanes<E>>) -> Lanes<E> + Sync + 'a,
     impl Fn(E, E, Option<E>) -> E + Sync + 'a,
+    impl Fn(Lanes<E>, Lanes<E>) -> Lanes<E> + Sync + 'a,
+    impl Fn(E, E) -> E + Sync + 'a,
 > {
     let n = e.value.dims()[0];
     Kernel {
@@ -478,14 +563,18 @@ fn kernel<'a, E: HostFloat, R: DiagonalRule>(
         has_state,
         lanes: rule.rule_for::<Lanes<E>>(e),
         one: rule.rule_for::<E>(e),
+        update_lanes: rule.state_update::<Lanes<E>>(),
+        update_one: rule.state_update::<E>(),
     }
 }
 
-impl<E, FL, F1> Kernel<'_, E, FL, F1>
+impl<E, FL, F1, UL, U1> Kernel<'_, E, FL, F1, UL, U1>
 where
     E: HostFloat,
     FL: Fn(Lanes<E>, Lanes<E>, Option<Lanes<E>>) -> Lanes<E> + Sync,
     F1: Fn(E, E, Option<E>) -> E + Sync,
+    UL: Fn(Lanes<E>, Lanes<E>) -> Lanes<E> + Sync,
+    U1: Fn(E, E) -> E + Sync,
 {
     /// f, written once, with the sums `normalization` needs and ‖f‖².
     fn direction(&self, normalization: Normalization) -> (Vec<E>, Sums) {
@@ -516,14 +605,12 @@ where
         }))
     }
 
-    /// w + s·f, with the sums `need`.
-    fn perturbed(&self, s: E, need: Need) -> (Vec<E>, Sums) {
-        // SAFETY: `Output::Perturbed` writes all of `out` (see `block`).
-        let (values, blocks) = unsafe {
-            host::write_blocks(self.g.len(), |r, out| {
-                self.block(r, out, Output::Perturbed(s), need)
-            })
-        };
+    /// `output` (w + s·f or the next state), with the sums `need`.
+    fn written(&self, output: Output<E>, need: Need) -> (Vec<E>, Sums) {
+        debug_assert!(!matches!(output, Output::Nothing));
+        // SAFETY: every output but `Output::Nothing` writes all of `out` (see `block`).
+        let (values, blocks) =
+            unsafe { host::write_blocks(self.g.len(), |r, out| self.block(r, out, output, need)) };
         (values, Sums::total(blocks))
     }
 
@@ -558,14 +645,15 @@ where
         match self.has_state {
             true => fused_block::<E, GD, DD>(
                 (g, w, &self.a[r], out),
-                |g, w, a| lanes(g, w, Some(a)),
-                |g, w, a| one(g, w, Some(a)),
+                (|g, w, a| lanes(g, w, Some(a)), &self.update_lanes),
+                (|g, w, a| one(g, w, Some(a)), &self.update_one),
                 output,
             ),
+            // Without state there is no update (`Output::State` is never asked for).
             false => fused_block::<E, GD, DD>(
                 (g, w, g, out),
-                |g, w, _| lanes(g, w, None),
-                |g, w, _| one(g, w, None),
+                (|g, w, _| lanes(g, w, None), |_, a| a),
+                (|g, w, _| one(g, w, None), |_, a| a),
                 output,
             ),
         }
@@ -577,7 +665,7 @@ type BlockIo<'a, E> = (&'a [E], &'a [E], &'a [E], &'a mut [MaybeUninit<E>]);
 
 /// The fused loop over one block: f(g, w, a) on [`Lanes`] of coordinates (`f_lanes`, which the
 /// compiler turns into SIMD instructions) and on single coordinates for the block's tail
-/// (`f_one`); `output` written to `out`, every element of it (the chunks and the tail of
+/// (`f_one`), each with the state update u(g, a) (`u_lanes`, `u_one`); `output` written to `out`, every element of it (the chunks and the tail of
 /// equal-length slices cover it) unless it is [`Output::Nothing`]; and, in the same loop, the sums
 /// gᵀf (if `GD`) and ‖f‖² (if `DD`) on independent lanes in the element type, the tail in f64.
 /// Every fused pass sums this way, so they all agree bit for bit; w + s·f is computed as in
@@ -590,8 +678,11 @@ type BlockIo<'a, E> = (&'a [E], &'a [E], &'a [E], &'a mut [MaybeUninit<E>]);
 #[inline(always)]
 fn fused_block<E: HostFloat, const GD: bool, const DD: bool>(
     (g, w, a, out): BlockIo<'_, E>,
-    f_lanes: impl Fn(Lanes<E>, Lanes<E>, Lanes<E>) -> Lanes<E>,
-    f_one: impl Fn(E, E, E) -> E,
+    (f_lanes, u_lanes): (
+        impl Fn(Lanes<E>, Lanes<E>, Lanes<E>) -> Lanes<E>,
+        impl Fn(Lanes<E>, Lanes<E>) -> Lanes<E>,
+    ),
+    (f_one, u_one): (impl Fn(E, E, E) -> E, impl Fn(E, E) -> E),
     output: Output<E>,
 ) -> Sums {
     let n = g.len();
@@ -637,6 +728,13 @@ fn fused_block<E: HostFloat, const GD: bool, const DD: bool>(
                 write_lanes(out, Lanes(*w) + s_lanes * f);
             }
         }
+        Output::State => {
+            for (((g, w), a), out) in chunks.zip(out.as_chunks_mut::<LANES>().0) {
+                let f = f_lanes(Lanes(*g), Lanes(*w), Lanes(*a));
+                accumulate!(Lanes(*g), f);
+                write_lanes(out, u_lanes(Lanes(*g), Lanes(*a)));
+            }
+        }
     }
     let tail_start = n - gt.len();
     for (i, ((&g, &w), &a)) in gt.iter().zip(wt).zip(at).enumerate() {
@@ -651,6 +749,7 @@ fn fused_block<E: HostFloat, const GD: bool, const DD: bool>(
             Output::Nothing => {}
             Output::Direction => _ = out[tail_start + i].write(f),
             Output::Perturbed(s) => _ = out[tail_start + i].write(w + s * f),
+            Output::State => _ = out[tail_start + i].write(u_one(g, a)),
         }
     }
     Sums {

@@ -2,7 +2,7 @@
 
 use burn::tensor::Device;
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{Coordinate, DiagonalRule, Normalization, Perturbed, Preconditioner, diagonal};
 use crate::error::{SharpnessError, check};
 use crate::estimator::StateRecord;
 use crate::params::{ParamSet, ParamTensor};
@@ -66,6 +66,13 @@ impl Default for InfoSam {
     }
 }
 
+impl InfoSam {
+    /// Stores m_t: the updated average, or g itself on the first step (no average yet).
+    fn advance(&mut self, updated: Option<ParamSet>, g: &ParamSet) {
+        self.mean = Some(updated.unwrap_or_else(|| g.clone()));
+    }
+}
+
 impl Preconditioner for InfoSam {
     fn name(&self) -> String {
         "infosam".into()
@@ -78,12 +85,17 @@ impl Preconditioner for InfoSam {
     diagonal::diagonal_preconditioner!();
 
     fn commit(&mut self, g: &ParamSet) {
-        self.mean = Some(match &self.mean {
-            // One pass: α·m + (1 − α)·g.
-            Some(m) => m.axpby(self.alpha, 1.0 - self.alpha, g),
-            None => g.clone(),
-        });
+        let next = diagonal::updated_state(self, g);
+        self.advance(next, g);
     }
+
+    /// w + ε, with the moving average written by the pass that reads g and m for ‖f‖².
+    fn perturb_and_commit(&mut self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        let (perturbed, next) = diagonal::perturbed_weights_and_state(self, rho, g, w);
+        self.advance(next, g);
+        perturbed
+    }
+
     fn save_state(&self) -> StateRecord {
         let mut state = StateRecord::default();
         if let Some(m) = &self.mean {
@@ -116,5 +128,15 @@ impl DiagonalRule for InfoSam {
 
     fn auxiliary(&self) -> Option<&ParamSet> {
         self.mean.as_ref()
+    }
+
+    /// m_t = α m_{t−1} + (1−α) g_t.
+    fn state_update<X: Coordinate>(&self) -> impl Fn(X, X) -> X + Sync {
+        let (alpha, beta) = (self.alpha, 1.0 - self.alpha);
+        move |g, mean| mean.mul_scalar(alpha) + g.mul_scalar(beta)
+    }
+
+    fn updates_state(&self) -> bool {
+        true
     }
 }

@@ -87,10 +87,21 @@ pub trait Preconditioner: Send + Sync {
     }
 
     /// Commits state for this step's gradient `g` (e.g. infoSAM's moving average). [`TwoPass`]
-    /// calls it right after [`Preconditioner::perturbed_weights`], while g is still in cache, and
-    /// before the second pass: if that pass fails, the optimizer wrapper rolls the whole
-    /// estimator back (it keeps a copy from before the step), so a failed step leaves no trace.
+    /// calls it (through [`Preconditioner::perturb_and_commit`] when ρ > 0) before the second
+    /// pass: if that pass fails, the optimizer wrapper rolls the whole estimator back (it keeps a
+    /// copy from before the step), so a failed step leaves no trace.
     fn commit(&mut self, _g: &ParamSet) {}
+
+    /// w + ε with ‖ε‖², and the state committed for g: what [`TwoPass`] calls once per step with
+    /// ρ > 0. The default is [`Preconditioner::perturbed_weights`], then
+    /// [`Preconditioner::commit`]; a rule may fuse the two, as infoSAM writes its moving average
+    /// in the pass that already reads g and the average for the norm. Either way the state is the
+    /// same, bit for bit, as `commit` alone would leave it.
+    fn perturb_and_commit(&mut self, rho: f64, g: &ParamSet, w: &ParamSet) -> Perturbed {
+        let perturbed = self.perturbed_weights(rho, g, w);
+        self.commit(g);
+        perturbed
+    }
 
     /// Called after every successful step, e.g. to refresh SSAM's mask.
     fn after_step(
@@ -210,12 +221,12 @@ impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
             self.preconditioner.commit(g);
             return Ok(g.clone());
         }
+        // The state is committed with the perturbation, while g (and the state the perturbation
+        // reads) are in cache: if the second pass fails, the optimizer rolls the whole estimator
+        // back.
         let perturbed = self
             .preconditioner
-            .perturbed_weights(ctx.rho, g, oracle.weights());
-        // Committed now, while g (and the state the perturbation just read) are still in cache:
-        // if the second pass fails, the optimizer rolls the whole estimator back.
-        self.preconditioner.commit(g);
+            .perturb_and_commit(ctx.rho, g, oracle.weights());
         if perturbed.squared_norm == 0.0 {
             return Ok(g.clone());
         }
