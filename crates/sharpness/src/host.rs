@@ -83,27 +83,52 @@ pub(crate) fn in_pool<T: Send>(body: impl FnOnce() -> T + Send) -> T {
     rayon::scope(|_| body())
 }
 
-/// A new buffer of `n` values, block by block: `fill(range, out)` writes the values of `range`
-/// into `out` and returns what it accumulated on the way (e.g. the block's part of a norm); those
-/// results come back in block order.
+/// `K` new buffers of `n` values, block by block: `fill(range, outs)` writes the values of
+/// `range` into each of `outs` and returns what it accumulated on the way (e.g. the block's part
+/// of a norm); those results come back in block order.
 ///
 /// # Safety
-/// `fill` must initialise every element of `out` (the buffer is then read as initialised).
-pub(crate) unsafe fn write_blocks<E: HostFloat, T: Send>(
+/// `fill` must initialise every element of every `outs` slice (the buffers are then read as
+/// initialised).
+pub(crate) unsafe fn write_blocks<E: HostFloat, T: Send, const K: usize>(
     n: usize,
-    fill: impl Fn(Range<usize>, &mut [MaybeUninit<E>]) -> T + Sync,
-) -> (Vec<E>, Vec<T>) {
-    let mut values: Vec<E> = Vec::with_capacity(n);
-    let out = &mut values.spare_capacity_mut()[..n];
-    let block =
-        |(b, out): (usize, &mut [MaybeUninit<E>])| fill(b * BLOCK..b * BLOCK + out.len(), out);
-    let results = match n >= PARALLEL_MIN {
-        true => out.par_chunks_mut(BLOCK).enumerate().map(block).collect(),
-        false => out.chunks_mut(BLOCK).enumerate().map(block).collect(),
+    fill: impl Fn(Range<usize>, [&mut [MaybeUninit<E>]; K]) -> T + Sync,
+) -> ([Vec<E>; K], Vec<T>) {
+    let mut buffers: [Vec<E>; K] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut chunks = buffers
+        .each_mut()
+        .map(|b| b.spare_capacity_mut()[..n].chunks_mut(BLOCK));
+    let blocks: Vec<[&mut [MaybeUninit<E>]; K]> = (0..n.div_ceil(BLOCK))
+        .map(|_| {
+            chunks
+                .each_mut()
+                .map(|c| c.next().expect("a chunk per block"))
+        })
+        .collect();
+    let block = |(b, outs): (usize, [&mut [MaybeUninit<E>]; K])| {
+        fill(b * BLOCK..((b + 1) * BLOCK).min(n), outs)
     };
-    // SAFETY: the chunks of `out` cover its n elements, and `fill` initialised each of them.
-    unsafe { values.set_len(n) };
-    (values, results)
+    let results = match n >= PARALLEL_MIN {
+        true => blocks.into_par_iter().enumerate().map(block).collect(),
+        false => blocks.into_iter().enumerate().map(block).collect(),
+    };
+    for b in &mut buffers {
+        // SAFETY: the chunks of each buffer cover its n elements, and `fill` initialised them.
+        unsafe { b.set_len(n) };
+    }
+    (buffers, results)
+}
+
+/// `update(range, values)` for each block of `values`, in place, in parallel for large buffers.
+pub(crate) fn update_blocks<E: HostFloat>(
+    values: &mut [E],
+    update: impl Fn(Range<usize>, &mut [E]) + Sync,
+) {
+    let block = |(b, out): (usize, &mut [E])| update(b * BLOCK..b * BLOCK + out.len(), out);
+    match values.len() >= PARALLEL_MIN {
+        true => values.par_chunks_mut(BLOCK).enumerate().for_each(block),
+        false => values.chunks_mut(BLOCK).enumerate().for_each(block),
+    }
 }
 
 /// `reduce(range)` for each block of `0..n`, in parallel for large `n`; the results in block order
@@ -136,13 +161,14 @@ pub(crate) fn axpby(a: f64, x: &Tensor<1>, b: f64, y: &Tensor<1>) -> Option<Tens
     fn typed<E: HostFloat>(a: f64, x: &FlexTensor, b: f64, y: &FlexTensor, n: usize) -> Vec<E> {
         let (x, y) = (values::<E>(x, n), values::<E>(y, n));
         let (a, b) = (E::from_f64(a), E::from_f64(b));
-        let fill = |range: Range<usize>, out: &mut [MaybeUninit<E>]| {
+        let fill = |range: Range<usize>, [out]: [&mut [MaybeUninit<E>]; 1]| {
             for ((o, &x), &y) in out.iter_mut().zip(&x[range.clone()]).zip(&y[range]) {
                 o.write(a * x + b * y);
             }
         };
         // SAFETY: `out` has the length of `range`, so the zip writes every element.
-        unsafe { write_blocks(n, fill) }.0
+        let ([values], _) = unsafe { write_blocks(n, fill) };
+        values
     }
     Some(match x.dtype() {
         DType::F32 => tensor_like(typed::<f32>(a, &hx, b, &hy, n), x),

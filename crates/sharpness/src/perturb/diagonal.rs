@@ -23,6 +23,7 @@
 //! 2 cores), what a rule adds to the write of w + ε that every method pays: SSAM-F ≤ 0.11 ms,
 //! Fisher 0.14–0.26, ASAM 0.21–0.29, infoSAM 0.21–0.48, of an ≈ 11 ms step.
 
+use std::any::Any;
 use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Range, Sub};
 
@@ -380,27 +381,17 @@ fn perturb<R: DiagonalRule + Preconditioner>(
         return by_epsilon(gradient_direction(rule, normalization, rho, g));
     }
     let has_state = rule.auxiliary().is_some();
-    let write_state = update_state && has_state && rule.updates_state();
     let for_scale = match normalization {
         Normalization::Constraint => Need::GD,
         Normalization::Objective => Need::DD,
         Normalization::Gradient => Need::NOTHING,
     };
+    if update_state && has_state && rule.updates_state() {
+        return with_state(rule, rho, g, &inputs);
+    }
     host::in_pool(|| {
         let mut sums = Sums::default();
-        let mut state = Vec::new();
-        if write_state {
-            // The pass that reads g and a for the scale (or, for the gradient form, which has
-            // none, a pass of its own) writes a'.
-            for (e, x) in g.iter().zip(&inputs) {
-                by_dtype!(e.value.dtype(), |E| {
-                    let kernel = kernel::<E, R>(rule, e, x, has_state);
-                    let (values, s) = kernel.written(Output::State, for_scale);
-                    sums.add(s);
-                    state.push(host::tensor_like(values, &e.value));
-                })
-            }
-        } else if for_scale != Need::NOTHING {
+        if for_scale != Need::NOTHING {
             for (e, x) in g.iter().zip(&inputs) {
                 sums.add(by_dtype!(e.value.dtype(), |E| {
                     kernel::<E, R>(rule, e, x, has_state).sums(for_scale)
@@ -425,8 +416,62 @@ fn perturb<R: DiagonalRule + Preconditioner>(
             weights,
             squared_norm: s * s * sums.dd,
         };
-        let state = write_state.then(|| g.map_indexed(|i, _| state[i].clone()));
-        (perturbed, state)
+        (perturbed, None)
+    })
+}
+
+/// The fused path of [`perturbed_weights_and_state`] for a rule that writes its state: one pass
+/// reads (g, w, a) and writes f, into the buffer that becomes w + ε, and a', with the sums; a
+/// second turns f into w + s·f in place. Evaluating f again in the second pass instead, as
+/// [`perturb`] does without state, would read g and a again: the same traffic as storing f, with
+/// f evaluated twice (infoSAM's has a division per coordinate). The same bits either way.
+fn with_state<R: DiagonalRule + Preconditioner>(
+    rule: &R,
+    rho: f64,
+    g: &ParamSet,
+    inputs: &[[FlexTensor; 3]],
+) -> (Perturbed, Option<ParamSet>) {
+    let normalization = rule.normalization();
+    let need = match normalization {
+        Normalization::Constraint => Need::GD_DD,
+        _ => Need::DD,
+    };
+    host::in_pool(|| {
+        let mut sums = Sums::default();
+        // f of each tensor (a `Vec` of its element type) until it becomes w + ε.
+        let mut directions: Vec<Box<dyn Any + Send>> = Vec::with_capacity(inputs.len());
+        let state = g.map_indexed(|i, e| {
+            by_dtype!(e.value.dtype(), |E| {
+                let kernel = kernel::<E, R>(rule, e, &inputs[i], true);
+                let ([f, state], s) = kernel.direction_and_state(need);
+                sums.add(s);
+                directions.push(Box::new(f));
+                host::tensor_like(state, &e.value)
+            })
+        });
+        let s = scale(rule, normalization, rho, g, sums);
+        let mut directions = directions.into_iter();
+        let weights = g.map_indexed(|i, e| {
+            let f = directions.next().expect("a direction per tensor");
+            by_dtype!(e.value.dtype(), |E| {
+                let mut f = *f
+                    .downcast::<Vec<E>>()
+                    .expect("f in the tensor's element type");
+                let (s, w) = (E::from_f64(s), host::values::<E>(&inputs[i][1], f.len()));
+                // w + s·f, as `fused_block` and `ParamSet::add_scaled` compute it.
+                host::update_blocks(&mut f, |r, out| {
+                    for (o, &w) in out.iter_mut().zip(&w[r]) {
+                        *o = w + s * *o;
+                    }
+                });
+                host::tensor_like(f, &e.value)
+            })
+        });
+        let perturbed = Perturbed {
+            weights,
+            squared_norm: s * s * sums.dd,
+        };
+        (perturbed, Some(state))
     })
 }
 
@@ -513,6 +558,7 @@ impl Need {
         gd: false,
         dd: true,
     };
+    const GD_DD: Need = Need { gd: true, dd: true };
 }
 
 /// What a fused pass writes for each coordinate.
@@ -524,8 +570,10 @@ enum Output<E> {
     Direction,
     /// w + s·f(g, w, a).
     Perturbed(E),
-    /// The rule's state for the next step, u(g, a).
+    /// The rule's state for the next step, u(g, a), into the state output.
     State,
+    /// f(g, w, a), and u(g, a) into the state output.
+    DirectionAndState,
 }
 
 /// The fused loops over one tensor: its host slices, and the rule and its state update on
@@ -581,9 +629,9 @@ where
         let constraint = normalization == Normalization::Constraint;
         // SAFETY: `Output::Direction` writes all of `out` (see `block`), which is then read as
         // initialised.
-        let (f, blocks) = unsafe {
-            host::write_blocks(self.g.len(), |r, out| {
-                self.block(r.clone(), out, Output::Direction, Need::NOTHING);
+        let ([f], blocks) = unsafe {
+            host::write_blocks(self.g.len(), |r, [out]| {
+                self.block(r.clone(), [out, &mut []], Output::Direction, Need::NOTHING);
                 let f = std::slice::from_raw_parts(out.as_ptr().cast::<E>(), out.len());
                 // The sums over the block just written, still in cache: as simple loops these
                 // measured 2× faster than summing inside the loop that writes f. The same order
@@ -601,34 +649,45 @@ where
     /// The sums `need`, reading only.
     fn sums(&self, need: Need) -> Sums {
         Sums::total(host::reduce_blocks(self.g.len(), |r| {
-            self.block(r, &mut [], Output::Nothing, need)
+            self.block(r, [&mut [], &mut []], Output::Nothing, need)
         }))
     }
 
-    /// `output` (w + s·f or the next state), with the sums `need`.
+    /// `output` (w + s·f, or the next state), with the sums `need`.
     fn written(&self, output: Output<E>, need: Need) -> (Vec<E>, Sums) {
-        debug_assert!(!matches!(output, Output::Nothing));
-        // SAFETY: every output but `Output::Nothing` writes all of `out` (see `block`).
-        let (values, blocks) =
-            unsafe { host::write_blocks(self.g.len(), |r, out| self.block(r, out, output, need)) };
+        // SAFETY: `Output::Perturbed` writes all of the main output, `Output::State` all of the
+        // state output (see `block`).
+        let ([values], blocks) = unsafe {
+            host::write_blocks(self.g.len(), |r, [out]| match output {
+                Output::Perturbed(_) => self.block(r, [out, &mut []], output, need),
+                Output::State => self.block(r, [&mut [], out], output, need),
+                _ => unreachable!("`written` writes w + s·f or the state"),
+            })
+        };
         (values, Sums::total(blocks))
     }
 
-    /// One block, coordinates `r`: `output` into `out` (which then has the length of `r`, and
-    /// is written whole; it is empty for [`Output::Nothing`]), and the block's sums `need`.
+    /// f and the next state, in one pass, with the sums `need`.
+    fn direction_and_state(&self, need: Need) -> ([Vec<E>; 2], Sums) {
+        // SAFETY: `Output::DirectionAndState` writes all of both outputs (see `block`).
+        let (values, blocks) = unsafe {
+            host::write_blocks(self.g.len(), |r, outs| {
+                self.block(r, outs, Output::DirectionAndState, need)
+            })
+        };
+        (values, Sums::total(blocks))
+    }
+
+    /// One block, coordinates `r`: `output` into `outs` (see [`Outs`]; an output that is written
+    /// has the length of `r` and is written whole, the others are empty), and the block's sums
+    /// `need`.
     #[inline(always)]
-    fn block(
-        &self,
-        r: Range<usize>,
-        out: &mut [MaybeUninit<E>],
-        output: Output<E>,
-        need: Need,
-    ) -> Sums {
+    fn block(&self, r: Range<usize>, outs: Outs<'_, E>, output: Output<E>, need: Need) -> Sums {
         match (need.gd, need.dd) {
-            (false, false) => self.block_for::<false, false>(r, out, output),
-            (true, false) => self.block_for::<true, false>(r, out, output),
-            (false, true) => self.block_for::<false, true>(r, out, output),
-            (true, true) => self.block_for::<true, true>(r, out, output),
+            (false, false) => self.block_for::<false, false>(r, outs, output),
+            (true, false) => self.block_for::<true, false>(r, outs, output),
+            (false, true) => self.block_for::<false, true>(r, outs, output),
+            (true, true) => self.block_for::<true, true>(r, outs, output),
         }
     }
 
@@ -637,21 +696,21 @@ where
     fn block_for<const GD: bool, const DD: bool>(
         &self,
         r: Range<usize>,
-        out: &mut [MaybeUninit<E>],
+        outs: Outs<'_, E>,
         output: Output<E>,
     ) -> Sums {
         let (g, w) = (&self.g[r.clone()], &self.w[r.clone()]);
         let (lanes, one) = (&self.lanes, &self.one);
         match self.has_state {
             true => fused_block::<E, GD, DD>(
-                (g, w, &self.a[r], out),
+                (g, w, &self.a[r], outs),
                 (|g, w, a| lanes(g, w, Some(a)), &self.update_lanes),
                 (|g, w, a| one(g, w, Some(a)), &self.update_one),
                 output,
             ),
             // Without state there is no update (`Output::State` is never asked for).
             false => fused_block::<E, GD, DD>(
-                (g, w, g, out),
+                (g, w, g, outs),
                 (|g, w, _| lanes(g, w, None), |_, a| a),
                 (|g, w, _| one(g, w, None), |_, a| a),
                 output,
@@ -660,8 +719,11 @@ where
     }
 }
 
-/// One block's inputs g, w, a (of equal length) and its output.
-type BlockIo<'a, E> = (&'a [E], &'a [E], &'a [E], &'a mut [MaybeUninit<E>]);
+/// A block's outputs: the main one (f or w + s·f) and the state's.
+type Outs<'a, E> = [&'a mut [MaybeUninit<E>]; 2];
+
+/// One block's inputs g, w, a (of equal length) and its outputs.
+type BlockIo<'a, E> = (&'a [E], &'a [E], &'a [E], Outs<'a, E>);
 
 /// The fused loop over one block: f(g, w, a) on [`Lanes`] of coordinates (`f_lanes`, which the
 /// compiler turns into SIMD instructions) and on single coordinates for the block's tail
@@ -677,7 +739,7 @@ type BlockIo<'a, E> = (&'a [E], &'a [E], &'a [E], &'a mut [MaybeUninit<E>]);
 /// 0.70–0.79 ms, SSAM-F's 0.44–0.50 against 0.60–0.70.
 #[inline(always)]
 fn fused_block<E: HostFloat, const GD: bool, const DD: bool>(
-    (g, w, a, out): BlockIo<'_, E>,
+    (g, w, a, [out, state]): BlockIo<'_, E>,
     (f_lanes, u_lanes): (
         impl Fn(Lanes<E>, Lanes<E>, Lanes<E>) -> Lanes<E>,
         impl Fn(Lanes<E>, Lanes<E>) -> Lanes<E>,
@@ -729,10 +791,21 @@ fn fused_block<E: HostFloat, const GD: bool, const DD: bool>(
             }
         }
         Output::State => {
-            for (((g, w), a), out) in chunks.zip(out.as_chunks_mut::<LANES>().0) {
+            for (((g, w), a), state) in chunks.zip(state.as_chunks_mut::<LANES>().0) {
                 let f = f_lanes(Lanes(*g), Lanes(*w), Lanes(*a));
                 accumulate!(Lanes(*g), f);
-                write_lanes(out, u_lanes(Lanes(*g), Lanes(*a)));
+                write_lanes(state, u_lanes(Lanes(*g), Lanes(*a)));
+            }
+        }
+        Output::DirectionAndState => {
+            let outs = out.as_chunks_mut::<LANES>().0.iter_mut();
+            for ((((g, w), a), out), state) in
+                chunks.zip(outs).zip(state.as_chunks_mut::<LANES>().0)
+            {
+                let f = f_lanes(Lanes(*g), Lanes(*w), Lanes(*a));
+                accumulate!(Lanes(*g), f);
+                write_lanes(out, f);
+                write_lanes(state, u_lanes(Lanes(*g), Lanes(*a)));
             }
         }
     }
@@ -749,7 +822,11 @@ fn fused_block<E: HostFloat, const GD: bool, const DD: bool>(
             Output::Nothing => {}
             Output::Direction => _ = out[tail_start + i].write(f),
             Output::Perturbed(s) => _ = out[tail_start + i].write(w + s * f),
-            Output::State => _ = out[tail_start + i].write(u_one(g, a)),
+            Output::State => _ = state[tail_start + i].write(u_one(g, a)),
+            Output::DirectionAndState => {
+                out[tail_start + i].write(f);
+                state[tail_start + i].write(u_one(g, a));
+            }
         }
     }
     Sums {
