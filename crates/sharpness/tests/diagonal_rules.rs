@@ -105,7 +105,7 @@ fn check<R: DiagonalRule + Preconditioner>(
     let alone = diagonal::updated_state(rule, g);
     let by_ops = rule.auxiliary().filter(|_| rule.updates_state()).map(|a| {
         let update = rule.state_update::<Tensor<1>>();
-        g.zip_map(a, |g, a| update(g, a))
+        g.zip_map(a, update)
     });
     let values = |s: Option<ParamSet>| s.map(|s| s.to_vec());
     assert_eq!(values(state), values(by_ops.clone()), "{name}: state");

@@ -17,7 +17,11 @@
 //! read-only pass for the norm of the constraint or objective form, none for SSAM's gradient
 //! form, then one pass that writes w + s·f and sums ‖f‖² on the way; the same bits as
 //! `perturbation(..).apply_to(w)`. SAM and Monge, whose f is g itself, only need ‖g‖², which the
-//! step's NaN check has already computed.
+//! step's NaN check has already computed. A rule whose state moves with every step (infoSAM's
+//! moving average, [`DiagonalRule::state_update`]) is evaluated by
+//! [`perturbed_weights_and_state`] in another shape: one pass writes f and the next state a' and
+//! sums ‖f‖², a second turns f into w + s·f in place. That reads g and a once instead of three
+//! times (norm, write, state update) and evaluates f once.
 //!
 //! Measured inside real steps (`cargo bench -p sharpness --bench step`, MLP 784-512-512-10,
 //! 2 cores), what a rule adds to the write of w + ε that every method pays: SSAM-F ≤ 0.11 ms,
@@ -425,6 +429,11 @@ fn perturb<R: DiagonalRule + Preconditioner>(
 /// second turns f into w + s·f in place. Evaluating f again in the second pass instead, as
 /// [`perturb`] does without state, would read g and a again: the same traffic as storing f, with
 /// f evaluated twice (infoSAM's has a division per coordinate). The same bits either way.
+///
+/// Measured (step benchmark, 2 cores): infoSAM's w + ε with its state 0.18–0.20 ms alone and
+/// 0.33–0.34 ms inside steps, against 0.30–0.32 and 0.41–0.44 when f was evaluated twice. For
+/// rules without state, storing f measured slower than evaluating it twice (ASAM 0.27–0.29 against
+/// 0.24 ms alone; Fisher 0.29 against 0.23), since their norm pass writes nothing.
 fn with_state<R: DiagonalRule + Preconditioner>(
     rule: &R,
     rho: f64,
