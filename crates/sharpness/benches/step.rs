@@ -164,6 +164,14 @@ fn bench_perturbations(c: &mut Criterion) {
     ssam.set_mask_from_fisher(&g.mul(&g));
     let mut info = InfoSam::default();
     info.commit(&g.scale(0.9));
+    let mut group = c.benchmark_group("perturbation_mlp_784_512_512_10");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    // What an infoSAM step computes: w + ε with the moving average for the next step.
+    group.bench_function("infosam/w_plus_epsilon_and_state", |b| {
+        b.iter(|| info.clone().perturb_and_commit(0.05, &g, &w))
+    });
     let rules: Vec<(&str, Box<dyn Preconditioner>)> = vec![
         ("sam", Box::new(Sam)),
         ("asam", Box::new(Asam::default())),
@@ -172,10 +180,6 @@ fn bench_perturbations(c: &mut Criterion) {
         ("ssam", Box::new(ssam)),
         ("infosam", Box::new(info)),
     ];
-    let mut group = c.benchmark_group("perturbation_mlp_784_512_512_10");
-    group
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(50);
     for (name, rule) in &rules {
         group.bench_function(format!("{name}/epsilon"), |b| {
             b.iter(|| rule.perturbation(0.05, &g, &w))
