@@ -41,14 +41,15 @@
 
 pub mod error;
 pub mod estimator;
-mod host;
 pub mod measure;
 pub mod optim;
 pub mod params;
 pub mod perturb;
+pub mod state;
 pub mod universal;
 
 pub use error::SharpnessError;
-pub use estimator::{Evaluation, GradientEstimator, Oracle, Plain, StateRecord, StepContext};
+pub use estimator::{Evaluation, GradientEstimator, Lifecycle, Oracle, Plain, StepContext};
 pub use optim::{Objective, RhoSchedule, SharpnessAware, StepOutput};
 pub use params::{ParamSet, ParamTensor};
+pub use state::StateRecord;

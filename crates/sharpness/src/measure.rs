@@ -27,7 +27,7 @@
 //! precision), and a step of 10⁻⁵ along a unit direction rarely crosses a ReLU kink (h = 10⁻³
 //! does, with errors of 100×). In `f32` (ε ≈ 10⁻⁷) the same h gives errors of ~1 %, which is why
 //! `f64` is the default; with [`Precision::Native`] on an `f32` model use h ≈ 10⁻³…10⁻⁴ and expect
-//! vᵀHv to ~0.5 % and Hv to ~10 % (spec: burn-notes). Each product costs two gradients, i.e.
+//! vᵀHv to ~0.5 % and Hv to ~10 % (measured on a ReLU MLP). Each product costs two gradients, i.e.
 //! two forward/backward passes over every batch.
 //!
 //! **ReLU networks.** A difference crosses an activation kink wherever a pre-activation lies within

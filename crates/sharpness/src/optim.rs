@@ -8,16 +8,19 @@ use burn::optim::{
     AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
     momentum::MomentumConfig,
 };
+use burn::optim::StateSink;
 use burn::tensor::{Bytes, Device, Tensor};
+use burn_pack::Scalar;
 
 use crate::error::{SharpnessError, check, check_non_negative};
-use crate::estimator::{Evaluation, GradientEstimator, Oracle, StateRecord, StepContext};
+use crate::estimator::{Evaluation, GradientEstimator, Oracle, StepContext};
+use crate::state::StateRecord;
 use crate::params::ParamSet;
 
 /// The loss of the current step's batch, as a function of the model.
 ///
 /// Every pass of a step calls [`Objective::loss`] on the **same** batch, so the API cannot reuse
-/// the first gradient as the second (peers.md B5). Any `FnMut(&M) -> Tensor<1>` is an objective.
+/// the first gradient as the second (`docs/peers.md`, B5). Any `FnMut(&M) -> Tensor<1>` is an objective.
 pub trait Objective<M> {
     /// The mean loss of this step's batch (a one-element tensor) for `model`.
     fn loss(&mut self, model: &M) -> Tensor<1>;
@@ -41,7 +44,7 @@ impl<M, F: FnMut(&M) -> Tensor<1>> Objective<M> for F {
 pub enum RhoSchedule {
     /// A constant ρ.
     Constant(f64),
-    /// ρ proportional to the learning rate, as GSAM (spec §6):
+    /// ρ proportional to the learning rate, as GSAM (`docs/algorithms.md` §6):
     /// ρ_t = ρ_min + (ρ_max − ρ_min)(lr_t − lr_min)/(lr_max − lr_min), with lr_t clamped to
     /// [lr_min, lr_max] so that a warm-up from 0 never gives a negative ρ (big_vision #80).
     ProportionalToLr {
@@ -246,7 +249,7 @@ pub struct StepOutput<M> {
 /// only ones kept); the estimator asks an [`Oracle`] for (L, ∇L) at perturbed weights on the same
 /// batch, each on another fresh copy; the base optimizer steps **from w** with the estimated
 /// gradient. The caller's model is never modified, so every perturbation is undone exactly
-/// (bitwise), including for parameters that get no gradient in a later pass (peers.md B3, B8, B10).
+/// (bitwise), including for parameters that get no gradient in a later pass (`docs/peers.md`, B3, B8, B10).
 /// If any loss or gradient is NaN/∞ the step returns [`SharpnessError::NonFinite`] naming the
 /// step and pass, and the optimizer's state (base and estimator) is rolled back.
 pub struct SharpnessAware {
@@ -351,41 +354,53 @@ impl SharpnessAware {
         })
     }
 
-    /// The complete optimizer state (base optimizer, estimator, step counter) as bytes, so that a
-    /// resumed run continues bit-identically.
-    pub fn save_state(&self) -> Result<Vec<u8>, SharpnessError> {
-        let mut record = StateRecord::default();
-        record.integers.insert("step".into(), self.step);
-        record
-            .blobs
-            .insert("estimator".into(), self.estimator.save_state().to_bytes());
+    /// The complete optimizer state as one record: the step counter (scalar `step`), the
+    /// estimator's state (under `estimator`) and the base optimizer's own burnpack record (under
+    /// `base`). A resumed run continues bit-identically.
+    pub fn state_record(&self) -> Result<StateRecord, SharpnessError> {
+        let mut sink = StateSink::default();
+        self.estimator.save_state("estimator", &mut sink);
+        let mut record = StateRecord::from_sink(sink);
+        record.scalars.insert("step".into(), Scalar::from(self.step));
         let base = self
             .base
             .into_bytes()
-            .map_err(|e| SharpnessError::State(format!("{e:?}")))?;
-        record.blobs.insert("base".into(), base.to_vec());
-        Ok(record.to_bytes())
+            .map_err(|e| SharpnessError::State(format!("base optimizer: {e}")))?;
+        record.nest("base", StateRecord::from_bytes(base.to_vec())?);
+        Ok(record)
     }
 
-    /// Restores a state written by [`SharpnessAware::save_state`] (tensors are placed on `device`).
-    pub fn load_state(&mut self, bytes: &[u8], device: &Device) -> Result<(), SharpnessError> {
-        let record = StateRecord::from_bytes(bytes)?;
-        let blob = |name: &str| {
-            record
-                .blobs
-                .get(name)
-                .ok_or_else(|| SharpnessError::State(format!("missing `{name}`")))
-        };
-        let estimator_state = StateRecord::from_bytes(blob("estimator")?)?;
+    /// Restores a state written by [`SharpnessAware::state_record`] (tensors are placed on
+    /// `device`). Nothing changes unless the whole state loads.
+    pub fn load_state_record(
+        &mut self,
+        mut record: StateRecord,
+        device: &Device,
+    ) -> Result<(), SharpnessError> {
+        let base = record.take("base");
+        if base.is_empty() {
+            return Err(SharpnessError::State("missing the base optimizer's state".into()));
+        }
         let base = self
             .base
             .clone()
-            .from_bytes(Bytes::from_bytes_vec(blob("base")?.clone()))
-            .map_err(|e| SharpnessError::State(format!("{e:?}")))?;
-        self.estimator.load_state(&estimator_state, device)?;
-        self.base = base;
-        self.step = record.integer("step")?;
+            .from_bytes(Bytes::from_bytes_vec(base.into_bytes()?))
+            .map_err(|e| SharpnessError::State(format!("base optimizer: {e}")))?;
+        let step = record.integer("step")?;
+        let mut estimator = self.estimator.clone_box();
+        estimator.load_state("estimator", &mut record.into_source()?, device)?;
+        (self.base, self.estimator, self.step) = (base, estimator, step);
         Ok(())
+    }
+
+    /// [`SharpnessAware::state_record`] as burnpack bytes.
+    pub fn save_state(&self) -> Result<Vec<u8>, SharpnessError> {
+        self.state_record()?.into_bytes()
+    }
+
+    /// Restores a state written by [`SharpnessAware::save_state`].
+    pub fn load_state(&mut self, bytes: &[u8], device: &Device) -> Result<(), SharpnessError> {
+        self.load_state_record(StateRecord::from_bytes(bytes.to_vec())?, device)
     }
 }
 
@@ -481,19 +496,17 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
         })
     }
 
-    fn empirical_fisher(&mut self, num_samples: usize) -> Result<ParamSet, SharpnessError> {
+    fn evaluate_example(&mut self, draw: usize) -> Result<Evaluation, SharpnessError> {
         let copy = self.model.valid().train();
-        let mut fisher = self.weights().zeros_like();
-        for draw in 0..num_samples {
-            let loss = self.objective.example_loss(&copy, draw).ok_or_else(|| {
-                SharpnessError::Unsupported(
-                    "this method needs per-example losses: implement Objective::example_loss"
-                        .into(),
-                )
-            })?;
-            let grad = evaluate_loss(&copy, loss, self.step, self.passes)?.0.grad;
-            fisher = fisher.add(&self.aligned(&grad).map(|e| e.value.clone().square()));
-        }
-        Ok(fisher)
+        let loss = self.objective.example_loss(&copy, draw).ok_or_else(|| {
+            SharpnessError::Unsupported(
+                "this method needs per-example losses: implement Objective::example_loss".into(),
+            )
+        })?;
+        let (evaluation, _) = evaluate_loss(&copy, loss, self.step, self.passes)?;
+        Ok(Evaluation {
+            loss: evaluation.loss,
+            grad: self.aligned(&evaluation.grad),
+        })
     }
 }

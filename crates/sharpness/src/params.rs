@@ -4,14 +4,15 @@
 //! products — while a Burn module stores its parameters as many tensors of different ranks. A
 //! [`ParamSet`] is the bridge: an ordered set of tensors keyed by [`ParamId`], each kept flat (rank 1)
 //! with its original shape, plus the few global operations the rules use. Norms and dot products are
-//! reduced per tensor and then summed across tensors with a single device read (spec §0: "norms are
+//! reduced per tensor and then summed across tensors with a single device read (`docs/algorithms.md` §0: "norms are
 //! global").
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, RecordState, StateSink, StateSource};
+use burn_pack::Scalar;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// One tensor of a [`ParamSet`]: a flattened value with the parameter's id, shape and module path.
@@ -183,26 +184,21 @@ impl ParamSet {
         other: &ParamSet,
         mut f: impl FnMut(Tensor<1>, Tensor<1>) -> Tensor<1>,
     ) -> Self {
-        self.assert_same_layout(other);
-        self.map_indexed(|i, e| f(e.value.clone(), other.entries[i].value.clone()))
+        self.zip_map_entries(other, |e, x| f(e.value.clone(), x))
     }
 
-    pub(crate) fn map_indexed(&self, mut f: impl FnMut(usize, &ParamTensor) -> Tensor<1>) -> Self {
-        let entries = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| ParamTensor {
-                value: f(i, e),
-                ..e.clone()
-            })
-            .collect();
-        Self {
-            entries,
-            index: self.index.clone(),
-            squared_norm: OnceLock::new(),
-        }
+    /// As [`ParamSet::zip_map`], with the whole entry of `self` (id, path, shape) for rules that
+    /// depend on the tensor, e.g. ASAM's scope.
+    pub fn zip_map_entries(
+        &self,
+        other: &ParamSet,
+        mut f: impl FnMut(&ParamTensor, Tensor<1>) -> Tensor<1>,
+    ) -> Self {
+        self.assert_same_layout(other);
+        let mut others = other.entries.iter();
+        self.map(|e| f(e, others.next().expect("same layout").value.clone()))
     }
+
 
     /// Whether both sets hold the same ids in the same order.
     pub fn same_layout(&self, other: &ParamSet) -> bool {
@@ -223,14 +219,18 @@ impl ParamSet {
         );
     }
 
-    /// `a · x` for a scalar `a`.
+    /// `a · x` for a scalar `a`. A known ‖x‖² carries over as a²‖x‖² (no pass over memory).
     pub fn scale(&self, a: f64) -> Self {
-        self.map(|e| e.value.clone().mul_scalar(a))
+        let scaled = self.map(|e| e.value.clone().mul_scalar(a));
+        if let Some(&xx) = self.squared_norm.get() {
+            let _ = scaled.squared_norm.set(a * a * xx);
+        }
+        scaled
     }
 
     /// `self + other`.
     pub fn add(&self, other: &ParamSet) -> Self {
-        self.axpby(1.0, 1.0, other)
+        self.zip_map(other, |a, b| a + b)
     }
 
     /// `self − other`.
@@ -245,31 +245,7 @@ impl ParamSet {
 
     /// `self + a · other`.
     pub fn add_scaled(&self, a: f64, other: &ParamSet) -> Self {
-        self.axpby(1.0, a, other)
-    }
-
-    /// `a · self + b · other`, in one pass over memory on the CPU backend (tensor operations
-    /// elsewhere; the same values either way).
-    pub fn axpby(&self, a: f64, b: f64, other: &ParamSet) -> Self {
-        self.assert_same_layout(other);
-        crate::host::in_pool(|| {
-            self.map_indexed(|i, e| {
-                let (x, y) = (&e.value, &other.entries[i].value);
-                crate::host::axpby(a, x, b, y).unwrap_or_else(|| {
-                    let ax = if a == 1.0 {
-                        x.clone()
-                    } else {
-                        x.clone().mul_scalar(a)
-                    };
-                    let by = if b == 1.0 {
-                        y.clone()
-                    } else {
-                        y.clone().mul_scalar(b)
-                    };
-                    ax + by
-                })
-            })
-        })
+        self.zip_map(other, |x, y| x + y.mul_scalar(a))
     }
 
     /// All zeros with the same layout.
@@ -469,5 +445,43 @@ impl ModuleMapper for MapMatching<'_> {
             false => new,
         };
         Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+/// A set in Burn's optimizer-state records: under `prefix`, the scalar `len`, and for the i-th
+/// tensor the tensor `i` (with the parameter's shape) and the scalar `i.id` (its [`ParamId`]).
+/// Module paths are not stored: state sets are matched to parameters by id.
+impl RecordState for ParamSet {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_scalar(prefix, "len", Scalar::from(self.len()));
+        for (i, e) in self.entries.iter().enumerate() {
+            out.push_scalar(prefix, &format!("{i}.id"), Scalar::from(e.id.val()));
+            let data = e.value.to_data();
+            let (bytes, dtype) = (data.into_bytes(), e.value.dtype());
+            out.push_tensor(prefix, &i.to_string(), TensorData::from_bytes(bytes, e.dims.clone(), dtype));
+        }
+    }
+
+    fn state_unflatten(prefix: &str, source: &mut StateSource, device: &Device) -> Option<Self> {
+        let len = usize::try_from(source.take_scalar(prefix, "len")?).ok()?;
+        let entries = (0..len)
+            .map(|i| {
+                let id = u64::try_from(source.take_scalar(prefix, &format!("{i}.id"))?).ok()?;
+                let data = source.take_tensor(prefix, &i.to_string())?;
+                let dims = data.shape().to_vec();
+                let dtype = data.dtype();
+                let n = dims.iter().product::<usize>();
+                let flat = TensorData::from_bytes(data.into_bytes(), [n], dtype);
+                let value = Tensor::<1>::from_data(flat, (device, dtype));
+                Some(ParamTensor {
+                    id: ParamId::from(id),
+                    path: String::new(),
+                    dims,
+                    // State is never differentiated (and `device` may be an autodiff device).
+                    value: value.without_autodiff(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self::from_entries(entries))
     }
 }

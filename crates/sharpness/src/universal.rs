@@ -1,5 +1,5 @@
 //! The universal (φ,ψ,μ) class of sharpness measures and its SAM-style minimisers
-//! (Tahmasebi, Soleymani, Bahri, Jegelka & Jaillet, ICML 2024; spec §7).
+//! (Tahmasebi, Soleymani, Bahri, Jegelka & Jaillet, ICML 2024; `docs/algorithms.md` §7).
 //!
 //! A (φ,ψ,μ)-sharpness is S(w) = φ(∫ψ(uᵀ∇²L(w)u) dμ(u)) (vector form: r functions ψ_k, one φ of
 //! r arguments). Its sharpness-aware loss replaces uᵀHu by the finite difference
@@ -8,19 +8,21 @@
 //!
 //! G = g₀ + λ Σ_k ∂_kφ(Ψ̄) · (1/m) Σᵢ ψ_k′(Δᵢ)(gᵢ − g₀),   Ψ̄_k = (1/m) Σᵢ ψ_k(Δᵢ),
 //!
-//! which is exactly ∇ of L(w) + λρ²·φ(Ψ̄) with the samples held fixed (spec §7.3, the reference
+//! which is exactly ∇ of L(w) + λρ²·φ(Ψ̄) with the samples held fixed (`docs/algorithms.md` §7.3, the reference
 //! code's λ). Written as G = g₀ + Σᵢ cᵢ (gᵢ − g₀), a [`Functional`] only has to give the sample
 //! weights cᵢ. Cost: m + 1 forward/backward passes, all on the same batch; BatchNorm statistics
 //! come from the unperturbed pass only, and the weights are never modified (the oracle works on
 //! copies), as for every estimator.
 
+use burn::optim::{StateSink, StateSource, join_path};
 use burn::tensor::{Device, Tensor, TensorData};
+use burn_pack::Scalar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
 use crate::error::{SharpnessError, check, check_non_negative};
-use crate::estimator::{Evaluation, GradientEstimator, Oracle, StateRecord, StepContext};
+use crate::estimator::{Evaluation, GradientEstimator, Lifecycle, Oracle, StepContext, missing};
 use crate::params::ParamSet;
 
 /// The pair (φ, ψ) of a universal sharpness measure: it turns the finite differences Δᵢ into the
@@ -349,6 +351,36 @@ pub fn det_sam(
     )
 }
 
+/// The sampler's position: its seed and the 128-bit word position of its stream.
+impl<F> Lifecycle for Universal<F> {
+    fn save_state(&self, prefix: &str, out: &mut StateSink) {
+        let pos = self.rng.get_word_pos();
+        out.push_scalar(prefix, "seed", Scalar::from(self.seed));
+        out.push_scalar(prefix, "word_pos_lo", Scalar::from(pos as u64));
+        out.push_scalar(prefix, "word_pos_hi", Scalar::from((pos >> 64) as u64));
+    }
+
+    fn load_state(
+        &mut self,
+        prefix: &str,
+        source: &mut StateSource,
+        _device: &Device,
+    ) -> Result<(), SharpnessError> {
+        let mut integer = |leaf: &str| {
+            source
+                .take_scalar(prefix, leaf)
+                .and_then(|s| u64::try_from(s).ok())
+                .ok_or_else(|| missing(&join_path(prefix, leaf)))
+        };
+        let seed = integer("seed")?;
+        let pos = integer("word_pos_lo")? as u128 | (integer("word_pos_hi")? as u128) << 64;
+        self.seed = seed;
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+        self.rng.set_word_pos(pos);
+        Ok(())
+    }
+}
+
 impl<F: Functional + Clone + 'static> GradientEstimator for Universal<F> {
     fn name(&self) -> String {
         self.functional.name()
@@ -371,28 +403,6 @@ impl<F: Functional + Clone + 'static> GradientEstimator for Universal<F> {
             evaluations.push(oracle.evaluate_at(&perturbed)?);
         }
         Ok(self.combine(at_weights, &evaluations, ctx.rho))
-    }
-
-    fn save_state(&self) -> StateRecord {
-        let mut state = StateRecord::default();
-        state.integers.insert("universal.seed".into(), self.seed);
-        let pos = self.rng.get_word_pos();
-        state
-            .integers
-            .insert("universal.word_pos.lo".into(), pos as u64);
-        state
-            .integers
-            .insert("universal.word_pos.hi".into(), (pos >> 64) as u64);
-        state
-    }
-
-    fn load_state(&mut self, state: &StateRecord, _device: &Device) -> Result<(), SharpnessError> {
-        self.seed = state.integer("universal.seed")?;
-        let pos = state.integer("universal.word_pos.lo")? as u128
-            | (state.integer("universal.word_pos.hi")? as u128) << 64;
-        self.rng = ChaCha8Rng::seed_from_u64(self.seed);
-        self.rng.set_word_pos(pos);
-        Ok(())
     }
 
     fn clone_box(&self) -> Box<dyn GradientEstimator> {

@@ -1,4 +1,4 @@
-//! Invariants of the one optimizer wrapper, for every estimator (peers.md B3, B4, B5, B8, B10, B12):
+//! Invariants of the one optimizer wrapper, for every estimator (`docs/peers.md`, B3, B4, B5, B8, B10, B12):
 //! exact restore, one evaluation per pass on the same batch, ρ = 0 equals the base optimizer bit
 //! for bit, non-finite losses are errors that leave everything as it was, resumes are bit-identical.
 
@@ -12,7 +12,8 @@ use sharpness::optim::base;
 use sharpness::perturb::{FisherSam, InfoSam, MongeSam, Sam, Ssam, TwoPass};
 use sharpness::universal::{Sampler, det_sam, frob_sam, trace_sam};
 use sharpness::{
-    GradientEstimator, Objective, ParamSet, RhoSchedule, SharpnessAware, SharpnessError,
+    Evaluation, GradientEstimator, Lifecycle, Objective, Oracle, ParamSet, RhoSchedule,
+    SharpnessAware, SharpnessError, StepContext,
 };
 
 #[derive(Module, Debug)]
@@ -322,17 +323,53 @@ fn ssam_without_per_example_losses_is_a_clear_error() {
 }
 
 #[test]
-fn ssam_masks_half_the_coordinates_after_the_first_step() {
+fn ssam_starts_as_plain_sgd_and_then_runs_two_passes() {
     let (x, y) = batch();
     let mut objective = Batch { x, y };
     let mut opt = optimizer(TwoPass::new(Ssam::new(0.5, 3, 1).unwrap()), 0.05);
     let first = opt.step(&model(), 0.1, &mut objective).unwrap();
-    assert_eq!(
-        first.passes, 1,
-        "mask starts empty: first step is plain SGD"
-    );
+    assert_eq!(first.passes, 1, "mask starts empty: first step is plain SGD");
     let second = opt.step(&first.model, 0.1, &mut objective).unwrap();
     assert_eq!(second.passes, 2);
+}
+
+/// An oracle with fixed per-example gradients (SSAM's mask reads nothing else).
+struct Examples {
+    w: ParamSet,
+    grads: Vec<Vec<f64>>,
+}
+
+impl Oracle for Examples {
+    fn weights(&self) -> &ParamSet {
+        &self.w
+    }
+    fn evaluate_at(&mut self, _: &ParamSet) -> Result<Evaluation, SharpnessError> {
+        unreachable!("the mask needs single examples only")
+    }
+    fn evaluate_example(&mut self, draw: usize) -> Result<Evaluation, SharpnessError> {
+        let grad = self.w.with_values(&self.grads[draw % self.grads.len()]);
+        Ok(Evaluation { loss: 0.0, grad })
+    }
+}
+
+#[test]
+fn ssam_mask_keeps_the_largest_empirical_fisher_coordinates_on_its_schedule() {
+    let w = ParamSet::from_values(
+        &device(),
+        &[("fc.weight", &[2, 2], &[0.0; 4]), ("fc.bias", &[2], &[0.0; 2])],
+    );
+    // Σᵢ gᵢ² = (1+0, 4+1, 0+0, 1+9, 0+4, 1+1) = (1, 5, 0, 10, 4, 2): the top half is {3, 1, 4}.
+    let grads = vec![
+        vec![1.0, 2.0, 0.0, -1.0, 0.0, 1.0],
+        vec![0.0, 1.0, 0.0, 3.0, -2.0, 1.0],
+    ];
+    let mut oracle = Examples { w, grads };
+    let mut ssam = Ssam::new(0.5, 2, 2).unwrap();
+    let ctx = |step| StepContext { step, rho: 0.05, lr: 0.1 };
+    ssam.after_step(&mut oracle, &ctx(1)).unwrap();
+    assert!(ssam.mask().is_none(), "step 1 is not on the every-2-steps schedule");
+    ssam.after_step(&mut oracle, &ctx(2)).unwrap();
+    assert_eq!(ssam.mask().unwrap().to_vec(), [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
 }
 
 /// Runs 4 steps straight, and 2 steps + save + a fresh optimizer + load + 2 steps: bitwise equal.
@@ -392,15 +429,24 @@ fn resume_is_bit_identical_for_frob_sam() {
 }
 
 #[test]
-fn corrupt_state_is_an_error_naming_the_offset() {
-    let mut opt = optimizer(TwoPass::new(Sam), 0.05);
+fn corrupt_or_foreign_state_is_an_error_and_changes_nothing() {
+    let (x, y) = batch();
+    let mut opt = optimizer(TwoPass::new(InfoSam::default()), 0.05);
+    opt.step(&model(), 0.1, &mut |m: &TwoLayer| mse(m, &x, &y)).unwrap();
     let bytes = opt.save_state().unwrap();
     let err = opt
-        .load_state(&bytes[..bytes.len() - 3], &device())
+        .load_state(&bytes[..bytes.len() / 2], &device())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("offset"), "{err}");
+    assert!(err.contains("burnpack"), "{err}");
     assert!(opt.load_state(b"garbage!", &device()).is_err());
+    // A readable record without the optimizer's entries (e.g. a model's record).
+    let err = opt
+        .load_state(&sharpness::StateRecord::default().into_bytes().unwrap(), &device())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("base optimizer"), "{err}");
+    assert_eq!(opt.save_state().unwrap(), bytes, "nothing changed");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use proptest::prelude::*;
 use sharpness::ParamSet;
 use sharpness::perturb::{
-    Asam, AsamScope, FisherSam, InfoSam, MongeSam, Preconditioner, Sam, TwoPass, XI, normalize,
+    Asam, AsamScope, FisherSam, InfoSam, MongeSam, Preconditioner, Sam, XI, perturbation,
 };
 
 fn device() -> Device {
@@ -29,7 +29,7 @@ fn example() -> (ParamSet, ParamSet) {
 }
 
 fn eps<P: Preconditioner>(p: P, rho: f64, g: &ParamSet, w: &ParamSet) -> Vec<f64> {
-    TwoPass::new(p).perturbation(rho, g, w).to_vec()
+    perturbation(&p, rho, g, w).epsilon().to_vec()
 }
 
 fn assert_close(actual: &[f64], expected: &[f64], tol: f64) {
@@ -67,7 +67,7 @@ fn fisher_is_normalised_in_the_fisher_metric() {
     let k = 0.3 / 2.1f64.sqrt();
     let e = eps(FisherSam::new(1.0).unwrap(), 0.3, &g, &w);
     assert_close(&e, &[0.5 * k, 0.4 * k, 0.4 * k, 0.0], 1e-12);
-    // εᵀ(I + η diag g²)ε = ρ², and it is not the Euclidean normalisation (peers.md B6).
+    // εᵀ(I + η diag g²)ε = ρ², and it is not the Euclidean normalisation (`docs/peers.md`, B6).
     let gv = g.to_vec();
     let fisher_norm: f64 = e.iter().zip(&gv).map(|(e, g)| e * e * (1.0 + g * g)).sum();
     assert!((fisher_norm - 0.09).abs() < 1e-12);
@@ -93,7 +93,7 @@ fn asam_official_scope_rescales_weights_and_norm_scales_only() {
 
 #[test]
 fn asam_all_tensors_with_zero_eta_is_davda54_adaptive() {
-    // davda54 adaptive: ε = ρ w²g/‖|w| g‖ on every tensor, bias included (peers.md B7).
+    // davda54 adaptive: ε = ρ w²g/‖|w| g‖ on every tensor, bias included (`docs/peers.md`, B7).
     let d = device();
     let w = ParamSet::from_values(
         &d,
@@ -120,9 +120,7 @@ fn infosam_first_step_is_sam_then_inverse_variance_weighted() {
     let mut info = InfoSam::new(0.5, 1e-8).unwrap();
     let sam = eps(Sam, 0.3, &g1, &w);
     assert_close(
-        &normalize(info.normalization(), 0.3, &g1, &info.direction(&g1, &w))
-            .epsilon()
-            .to_vec(),
+        &perturbation(&info, 0.3, &g1, &w).epsilon().to_vec(),
         &sam,
         1e-12,
     );
@@ -138,31 +136,21 @@ fn infosam_first_step_is_sam_then_inverse_variance_weighted() {
     let n = d.iter().map(|x| x * x).sum::<f64>().sqrt();
     let expected: Vec<f64> = d.iter().map(|x| 0.3 * x / (n + XI)).collect();
     assert_close(
-        &normalize(info.normalization(), 0.3, &g2, &info.direction(&g2, &w))
-            .epsilon()
-            .to_vec(),
+        &perturbation(&info, 0.3, &g2, &w).epsilon().to_vec(),
         &expected,
         1e-9,
     );
-    // A step commits m₂ = 0.5 m₁ + 0.5 g₂ with w + ε: fused with the perturbation, or alone.
-    let mean = |info: &InfoSam| {
-        info.save_state()
-            .get_set("infosam.mean", &device())
-            .unwrap()
-            .to_vec()
-    };
-    let mut alone = info.clone();
-    let perturbed = info.perturb_and_commit(0.3, &g2, &w);
+    // What a step does: w + ε from the current average, then m₂ = 0.5 m₁ + 0.5 g₂.
     let w_plus: Vec<f64> = w
         .to_vec()
         .iter()
         .zip(&expected)
         .map(|(w, e)| w + e)
         .collect();
-    assert_close(&perturbed.weights.to_vec(), &w_plus, 1e-9);
-    assert_eq!(mean(&info), [2.0, 2.0, 1.5, 0.5]);
-    alone.commit(&g2);
-    assert_eq!(mean(&alone), mean(&info));
+    let p = perturbation(&info, 0.3, &g2, &w);
+    assert_close(&p.apply_to(&w).to_vec(), &w_plus, 1e-9);
+    info.commit(&g2);
+    assert_eq!(info.mean().unwrap().to_vec(), [2.0, 2.0, 1.5, 0.5]);
 }
 
 #[test]
@@ -220,7 +208,7 @@ proptest! {
     fn sam_has_norm_rho(g in vectors(5), rho in 0.01f64..2.0) {
         let g = set_of(&g);
         prop_assume!(g.norm() > 1e-3);
-        let e = TwoPass::new(Sam).perturbation(rho, &g, &g);
+        let e = perturbation(&Sam, rho, &g, &g).epsilon();
         prop_assert!((e.norm() - rho).abs() < 1e-9 * rho.max(1.0));
     }
 
@@ -228,7 +216,7 @@ proptest! {
     fn monge_lies_on_the_monge_ball_inside_the_sam_ball(g in vectors(5), rho in 0.01f64..2.0) {
         let g = set_of(&g);
         prop_assume!(g.norm() > 1e-3);
-        let e = TwoPass::new(MongeSam).perturbation(rho, &g, &g);
+        let e = perturbation(&MongeSam, rho, &g, &g).epsilon();
         // εᵀ(I + ggᵀ)ε = ‖ε‖² + (gᵀε)² = ρ²
         let quad = e.squared_norm() + g.dot(&e).powi(2);
         prop_assert!((quad - rho * rho).abs() < 1e-9 * (1.0 + rho * rho));
@@ -240,16 +228,16 @@ proptest! {
         let g = set_of(&g);
         prop_assume!(g.norm() > 1e-2);
         let small = g.scale(scale);
-        let monge = TwoPass::new(MongeSam).perturbation(0.1, &small, &small);
-        let sam = TwoPass::new(Sam).perturbation(0.1, &small, &small);
+        let monge = perturbation(&MongeSam, 0.1, &small, &small).epsilon();
+        let sam = perturbation(&Sam, 0.1, &small, &small).epsilon();
         prop_assert!(monge.sub(&sam).norm() < 1e-6);
     }
 
     #[test]
     fn fisher_with_zero_eta_equals_sam(g in vectors(5), rho in 0.01f64..2.0) {
         let g = set_of(&g);
-        let fisher = TwoPass::new(FisherSam::new(0.0).unwrap()).perturbation(rho, &g, &g);
-        let sam = TwoPass::new(Sam).perturbation(rho, &g, &g);
+        let fisher = perturbation(&FisherSam::new(0.0).unwrap(), rho, &g, &g).epsilon();
+        let sam = perturbation(&Sam, rho, &g, &g).epsilon();
         prop_assert!(fisher.sub(&sam).norm() < 1e-12);
     }
 
@@ -257,7 +245,7 @@ proptest! {
     fn fisher_has_fisher_norm_rho(g in vectors(5), eta in 0.0f64..5.0, rho in 0.01f64..2.0) {
         let g = set_of(&g);
         prop_assume!(g.norm() > 1e-3);
-        let e = TwoPass::new(FisherSam::new(eta).unwrap()).perturbation(rho, &g, &g);
+        let e = perturbation(&FisherSam::new(eta).unwrap(), rho, &g, &g).epsilon();
         let ev = e.to_vec();
         let q: f64 = ev.iter().zip(g.to_vec()).map(|(e, g)| e * e * (1.0 + eta * g * g)).sum();
         prop_assert!((q - rho * rho).abs() < 1e-9 * (1.0 + rho * rho));
@@ -282,10 +270,10 @@ proptest! {
         let fisher = cp(&|v| v.iter().zip(&g).map(|(v, g)| v / (1.0 + eta * g * g)).collect());
         // Monge: solve (I + ggᵀ) x = v by Gaussian elimination on the dense 5×5 matrix.
         let monge = cp(&|v| solve_dense(&g, v));
-        assert_close(&TwoPass::new(Sam).perturbation(rho, &gs, &ws).to_vec(), &identity, 1e-9);
-        assert_close(&TwoPass::new(Asam::default()).perturbation(rho, &gs, &ws).to_vec(), &asam, 1e-9);
-        assert_close(&TwoPass::new(FisherSam::new(eta).unwrap()).perturbation(rho, &gs, &ws).to_vec(), &fisher, 1e-9);
-        assert_close(&TwoPass::new(MongeSam).perturbation(rho, &gs, &ws).to_vec(), &monge, 1e-9);
+        assert_close(&perturbation(&Sam, rho, &gs, &ws).epsilon().to_vec(), &identity, 1e-9);
+        assert_close(&perturbation(&Asam::default(), rho, &gs, &ws).epsilon().to_vec(), &asam, 1e-9);
+        assert_close(&perturbation(&FisherSam::new(eta).unwrap(), rho, &gs, &ws).epsilon().to_vec(), &fisher, 1e-9);
+        assert_close(&perturbation(&MongeSam, rho, &gs, &ws).epsilon().to_vec(), &monge, 1e-9);
     }
 }
 

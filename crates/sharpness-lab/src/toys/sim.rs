@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use serde::Serialize;
 use sharpness::optim::base;
-use sharpness::perturb::{MongeSam, Sam, TwoPass};
+use sharpness::perturb::{MongeSam, Sam, perturbation};
 use sharpness::{ParamSet, RhoSchedule, SharpnessAware};
 
 use super::loss::{Loss, Point, ToyObjective, autodiff_gradient, device, hessian};
@@ -233,7 +233,7 @@ pub struct Stability {
 pub const STABILITY_METHODS: [Method; 3] = [Method::Gd, Method::Sam, Method::Msam];
 
 /// A_ρ(θ) of spec §9.2 for `method` ∈ {gd, sam, msam}. The perturbation δ comes from the
-/// library's own `TwoPass::perturbation`, ρ̃ = ‖δ‖/‖∇ℓ‖ is held constant (its derivative is
+/// library's own `perturb::perturbation`, ρ̃ = ‖δ‖/‖∇ℓ‖ is held constant (its derivative is
 /// ignored, as in the paper), Hessians are central differences of autodiff gradients.
 pub fn stability(loss: Loss, method: Method, rho: f64, theta: [f64; 2]) -> Result<Stability> {
     let device = device();
@@ -261,9 +261,10 @@ pub fn stability_with(
             let gs = ParamSet::from_values(device, &[("weight", &[2], &g)]);
             let ws = gs.with_values(&theta);
             let d = match method {
-                Method::Sam => TwoPass::new(Sam).perturbation(rho, &gs, &ws),
-                _ => TwoPass::new(MongeSam).perturbation(rho, &gs, &ws),
+                Method::Sam => perturbation(&Sam, rho, &gs, &ws),
+                _ => perturbation(&MongeSam, rho, &gs, &ws),
             }
+            .epsilon()
             .to_vec();
             [d[0], d[1]]
         }

@@ -1,11 +1,12 @@
-//! ASAM (Kwon et al., ICML 2021; spec §2).
+//! ASAM (Kwon et al., ICML 2021).
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{Normalization, Preconditioner};
 use crate::error::{SharpnessError, check_non_negative};
-use crate::params::ParamTensor;
+use crate::estimator::Lifecycle;
+use crate::params::{ParamSet, ParamTensor};
 
 /// Which tensors ASAM rescales by T_w = |w| + η. The two public conventions differ by a factor of
-/// about 4 in the useful ρ (peers.md B7), so the choice is explicit.
+/// about 4 in the useful ρ (`docs/peers.md`, B7), so the choice is explicit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AsamScope {
     /// The official code (SamsungLabs/ASAM): only tensors whose name contains "weight" — linear
@@ -58,6 +59,8 @@ impl Default for Asam {
     }
 }
 
+impl Lifecycle for Asam {}
+
 impl Preconditioner for Asam {
     fn name(&self) -> String {
         "asam".into()
@@ -67,19 +70,11 @@ impl Preconditioner for Asam {
         Normalization::Constraint
     }
 
-    diagonal::diagonal_preconditioner!();
-}
-
-impl DiagonalRule for Asam {
     /// T_w² g with T_w = |w| + η on the rescaled tensors, g elsewhere.
-    fn rule_for<X: Coordinate>(
-        &self,
-        tensor: &ParamTensor,
-    ) -> impl Fn(X, X, Option<X>) -> X + Sync {
-        let (rescale, eta) = (self.rescales(tensor), self.eta);
-        move |g, w, _aux| match rescale {
-            true => g * w.abs().add_scalar(eta).square(),
-            false => g,
-        }
+    fn direction(&self, g: &ParamSet, w: &ParamSet) -> ParamSet {
+        g.zip_map_entries(w, |e, w| match self.rescales(e) {
+            true => e.value.clone() * w.abs().add_scalar(self.eta).square(),
+            false => e.value.clone(),
+        })
     }
 }

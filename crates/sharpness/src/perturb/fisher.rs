@@ -1,8 +1,9 @@
-//! Fisher SAM (Kim, Li, Hu & Hospedales, ICML 2022; spec §3).
+//! Fisher SAM (Kim, Li, Hu & Hospedales, ICML 2022).
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{Normalization, Preconditioner};
 use crate::error::{SharpnessError, check_non_negative};
-use crate::params::ParamTensor;
+use crate::estimator::Lifecycle;
+use crate::params::ParamSet;
 
 /// Fisher SAM: the perturbation on the Fisher ball δᵀF δ ≤ ρ² with the diagonal empirical Fisher
 /// from the batch gradient, F = I + η diag(g ⊙ g):
@@ -10,12 +11,12 @@ use crate::params::ParamTensor;
 /// h = g / (1 + η g²) (per coordinate),  ε = ρ h / √(gᵀh),
 ///
 /// so that εᵀ(I + η diag g²)ε = ρ² exactly — normalised in the **Fisher** metric, not the
-/// Euclidean one (a bug of one public port; peers.md B6). η = 0 gives SAM. As a preconditioner:
-/// constraint form with C = F⁻¹.
+/// Euclidean one (one public port normalises by ‖h‖ instead; `docs/peers.md`, B6). η = 0 gives
+/// SAM. As a preconditioner: constraint form with C = F⁻¹.
 ///
 /// For a cross-entropy loss g ⊙ g is the square of the batch-mean log-likelihood gradient, as the
-/// paper's practical estimator (no extra pass). Default η = 1.0 (the third-party default noted in
-/// the spec; no official code exists).
+/// paper's practical estimator (no extra pass). Default η = 1.0 (a third-party default; no
+/// official code exists).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FisherSam {
     eta: f64,
@@ -45,6 +46,8 @@ impl Default for FisherSam {
     }
 }
 
+impl Lifecycle for FisherSam {}
+
 impl Preconditioner for FisherSam {
     fn name(&self) -> String {
         "fisher".into()
@@ -54,13 +57,12 @@ impl Preconditioner for FisherSam {
         Normalization::Constraint
     }
 
-    diagonal::diagonal_preconditioner!();
-}
-
-impl DiagonalRule for FisherSam {
     /// F⁻¹g = g / (1 + η g²).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
+    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
         let eta = self.eta;
-        move |g, _w, _aux| g.clone() / g.square().mul_scalar(eta).add_scalar(1.0)
+        g.map(|e| {
+            let g = e.value.clone();
+            g.clone() / g.square().mul_scalar(eta).add_scalar(1.0)
+        })
     }
 }

@@ -1,7 +1,8 @@
-//! Monge SAM (Jacobsen & Arvanitidis 2025, eq. 9; spec §4).
+//! Monge SAM (Jacobsen & Arvanitidis 2025, eq. 9).
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
-use crate::params::ParamTensor;
+use super::{Normalization, Preconditioner};
+use crate::estimator::Lifecycle;
+use crate::params::ParamSet;
 
 /// M-SAM: the perturbation under the Monge metric G = I + ∇ℓ∇ℓᵀ of the loss surface seen as the
 /// graph θ ↦ (θ, ℓ(θ)):
@@ -23,6 +24,8 @@ impl MongeSam {
     }
 }
 
+impl Lifecycle for MongeSam {}
+
 impl Preconditioner for MongeSam {
     fn name(&self) -> String {
         "msam".into()
@@ -32,20 +35,8 @@ impl Preconditioner for MongeSam {
         Normalization::Constraint
     }
 
-    diagonal::diagonal_preconditioner!();
-}
-
-impl DiagonalRule for MongeSam {
-    /// C g = g/(1+‖g‖²): the coordinates are g, the global factor 1/(1+‖g‖²).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
-        |g, _w, _aux| g
-    }
-
-    fn keeps_gradient(&self) -> bool {
-        true
-    }
-
-    fn global_factor(&self, grad_squared_norm: impl FnOnce() -> f64) -> f64 {
-        1.0 / (1.0 + grad_squared_norm())
+    /// C g = g/(1+‖g‖²) (‖g‖² is the one the step's NaN check computed).
+    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+        g.scale(1.0 / (1.0 + g.squared_norm()))
     }
 }

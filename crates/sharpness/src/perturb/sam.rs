@@ -1,7 +1,8 @@
-//! SAM (Foret et al., ICLR 2021; spec §1).
+//! SAM (Foret et al., ICLR 2021).
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
-use crate::params::ParamTensor;
+use super::{Normalization, Preconditioner};
+use crate::estimator::Lifecycle;
+use crate::params::ParamSet;
 
 /// SAM: ε = ρ g / (‖g‖ + ξ), the first-order solution of max_{‖ε‖≤ρ} L(w + ε), with the norm taken
 /// globally over all parameter tensors. As a preconditioner: constraint form with C = I.
@@ -15,6 +16,8 @@ impl Sam {
     }
 }
 
+impl Lifecycle for Sam {}
+
 impl Preconditioner for Sam {
     fn name(&self) -> String {
         "sam".into()
@@ -24,16 +27,8 @@ impl Preconditioner for Sam {
         Normalization::Constraint
     }
 
-    diagonal::diagonal_preconditioner!();
-}
-
-impl DiagonalRule for Sam {
-    /// d = g.
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
-        |g, _w, _aux| g
-    }
-
-    fn keeps_gradient(&self) -> bool {
-        true
+    /// d = g (the set shares g's tensors and its known norm: no pass over memory).
+    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+        g.clone()
     }
 }

@@ -1,18 +1,19 @@
-//! SSAM-F, sparse SAM with a Fisher mask (Mi et al., NeurIPS 2022; spec §5).
+//! SSAM-F, sparse SAM with a Fisher mask (Mi et al., NeurIPS 2022; `docs/algorithms.md` §5).
 
+use burn::optim::{RecordState, StateSink, StateSource, join_path};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Coordinate, DiagonalRule, Normalization, Preconditioner, diagonal};
+use super::{Normalization, Preconditioner};
 use crate::error::{SharpnessError, check};
-use crate::estimator::{Oracle, StateRecord, StepContext};
-use crate::params::{ParamSet, ParamTensor};
+use crate::estimator::{Lifecycle, Oracle, StepContext, missing};
+use crate::params::ParamSet;
 
 /// SSAM-F: SAM restricted to a sparse set of coordinates chosen by the empirical Fisher,
 ///
 /// ε = ρ (g ⊙ M) / ‖g‖,   M ∈ {0,1}^d,
 ///
-/// normalised by the **unmasked** gradient as the reference code does (so ‖ε‖ ≤ ρ; spec §5 and
-/// open question 6). The mask keeps the ⌊d(1−s)⌋ coordinates with the largest diagonal Fisher
+/// normalised by the **unmasked** gradient as the reference code does (so ‖ε‖ ≤ ρ; `docs/algorithms.md` §5
+/// and open question 6). The mask keeps the ⌊d(1−s)⌋ coordinates with the largest diagonal Fisher
 /// F_j = Σᵢ (∂ℓᵢ/∂w_j)² over `num_samples` single examples, chosen globally over all tensors.
 ///
 /// Schedule, as the reference: the mask starts all zeros (the first step is plain SGD) and is
@@ -88,6 +89,48 @@ impl Ssam {
     }
 }
 
+impl Lifecycle for Ssam {
+    /// Refreshes the mask after every step whose index is a multiple of `refresh_every`, from
+    /// the diagonal empirical Fisher F_j = Σᵢ (∂ℓᵢ/∂w_j)² over `num_samples` single examples at
+    /// the new weights.
+    fn after_step(
+        &mut self,
+        oracle: &mut dyn Oracle,
+        ctx: &StepContext,
+    ) -> Result<(), SharpnessError> {
+        if !ctx.step.is_multiple_of(self.refresh_every) {
+            return Ok(());
+        }
+        let mut fisher = oracle.weights().zeros_like();
+        for draw in 0..self.num_samples {
+            let g = oracle.evaluate_example(draw)?.grad;
+            fisher = fisher.add(&g.mul(&g));
+        }
+        self.set_mask_from_fisher(&fisher);
+        Ok(())
+    }
+
+    fn save_state(&self, prefix: &str, out: &mut StateSink) {
+        if let Some(mask) = &self.mask {
+            mask.state_flatten(&join_path(prefix, "mask"), out);
+        }
+    }
+
+    fn load_state(
+        &mut self,
+        prefix: &str,
+        source: &mut StateSource,
+        device: &Device,
+    ) -> Result<(), SharpnessError> {
+        let path = join_path(prefix, "mask");
+        self.mask = match source.has_under(&path) {
+            true => Some(ParamSet::state_unflatten(&path, source, device).ok_or_else(|| missing(&path))?),
+            false => None,
+        };
+        Ok(())
+    }
+}
+
 impl Preconditioner for Ssam {
     fn name(&self) -> String {
         "ssam".into()
@@ -97,47 +140,11 @@ impl Preconditioner for Ssam {
         Normalization::Gradient
     }
 
-    diagonal::diagonal_preconditioner!();
-
-    fn after_step(
-        &mut self,
-        oracle: &mut dyn Oracle,
-        ctx: &StepContext,
-    ) -> Result<(), SharpnessError> {
-        if ctx.step.is_multiple_of(self.refresh_every) {
-            let fisher = oracle.empirical_fisher(self.num_samples)?;
-            self.set_mask_from_fisher(&fisher);
-        }
-        Ok(())
-    }
-
-    fn save_state(&self) -> StateRecord {
-        let mut state = StateRecord::default();
-        if let Some(mask) = &self.mask {
-            state.put_set("ssam.mask", mask);
-        }
-        state
-    }
-
-    fn load_state(&mut self, state: &StateRecord, device: &Device) -> Result<(), SharpnessError> {
-        self.mask = match state.sets.contains_key("ssam.mask") {
-            true => Some(state.get_set("ssam.mask", device)?),
-            false => None,
-        };
-        Ok(())
-    }
-}
-
-impl DiagonalRule for Ssam {
     /// M ⊙ g; 0 before the first mask (so the first step is plain SGD).
-    fn rule_for<X: Coordinate>(&self, _: &ParamTensor) -> impl Fn(X, X, Option<X>) -> X + Sync {
-        |g, _w, mask| match mask {
-            Some(m) => g * m,
-            None => g.mul_scalar(0.0),
+    fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+        match &self.mask {
+            Some(mask) => g.mul(mask),
+            None => g.zeros_like(),
         }
-    }
-
-    fn auxiliary(&self) -> Option<&ParamSet> {
-        self.mask.as_ref()
     }
 }
