@@ -4,7 +4,9 @@
 //! [`Oracle`] that evaluates the same batch at perturbed weights, it returns the gradient the base
 //! optimizer applies at w. The two-pass family is preSAM — a [`perturb::Preconditioner`] applied
 //! to g and normalised on a ball ([`perturb::Normalization`]) — and [`SharpnessAware`] is the one
-//! optimizer wrapper for all of them, around any Burn optimizer.
+//! optimizer wrapper for all of them, around any Burn optimizer. Every rule is written with Burn
+//! tensor operations, so the library runs on whichever backend its user enables (it enables none
+//! itself; its tests and `sharpness-lab` use Flex, Burn's CPU backend).
 //!
 //! | method | type | perturbation |
 //! |---|---|---|
@@ -36,6 +38,67 @@
 //! assert_eq!(step.passes, 2);
 //! let model = step.model; // the caller's model was never modified
 //! ```
+
+//!
+//! ## Adding a geometry
+//!
+//! A new two-pass method is one struct with two trait impls:
+//!
+//! 1. [`perturb::Preconditioner`]: a name, a [`perturb::Normalization`] (which ball ε lies on),
+//!    and the direction d(g, w) with tensor operations on [`ParamSet`]s — for a diagonal
+//!    geometry a closure over each tensor ([`ParamSet::map`], [`ParamSet::zip_map`]);
+//!    [`perturb::Preconditioner::commit`] if it keeps state that follows the gradient;
+//! 2. [`Lifecycle`]: empty for a stateless geometry; otherwise its state (written with Burn's
+//!    record containers; a [`ParamSet`] is one `state_flatten` call) and, if it has a
+//!    schedule, [`Lifecycle::after_step`].
+//!
+//! [`perturb::TwoPass`] does the rest: the normalisation, w + ε, the second pass, ρ = 0, zero
+//! gradients, NaN roll-back and state saving. Here ε = ρ d/‖d‖ with d = sign(g) ⊙ √|g|:
+//!
+//! ```
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::prelude::*;
+//! use sharpness::perturb::{Normalization, Preconditioner, TwoPass, perturbation};
+//! use sharpness::{Lifecycle, ParamSet, RhoSchedule, SharpnessAware, optim::base};
+//!
+//! #[derive(Clone)]
+//! struct SqrtSam;
+//!
+//! impl Lifecycle for SqrtSam {}
+//!
+//! impl Preconditioner for SqrtSam {
+//!     fn name(&self) -> String {
+//!         "sqrt-sam".into()
+//!     }
+//!     fn normalization(&self) -> Normalization {
+//!         Normalization::Objective
+//!     }
+//!     fn direction(&self, g: &ParamSet, _w: &ParamSet) -> ParamSet {
+//!         g.map(|e| e.value.clone().sign() * e.value.clone().abs().sqrt())
+//!     }
+//! }
+//!
+//! let device = Device::flex();
+//! let g = ParamSet::from_values(&device, &[("w", &[2], &[4.0, -9.0])]);
+//! // d = (2, −3), ‖d‖ = √13: ε = ρ d/‖d‖.
+//! let epsilon = perturbation(&SqrtSam, 0.1, &g, &g).epsilon().to_vec();
+//! assert!((epsilon[0] - 0.2 / 13f64.sqrt()).abs() < 1e-12);
+//! assert!((epsilon[1] + 0.3 / 13f64.sqrt()).abs() < 1e-12);
+//!
+//! // Trained like any built-in method.
+//! let device = device.autodiff();
+//! let model: Linear = LinearConfig::new(2, 1).init(&device);
+//! let x = Tensor::<2>::from_floats([[1.0, 2.0]], &device);
+//! let mut optimizer = SharpnessAware::new(
+//!     TwoPass::new(SqrtSam),
+//!     base::sgd(0.0, 0.0, false).unwrap(),
+//!     RhoSchedule::constant(0.05).unwrap(),
+//! );
+//! let step = optimizer.step(&model, 0.1, &mut |m: &Linear| m.forward(x.clone()).square().mean());
+//! assert_eq!(step.unwrap().passes, 2);
+//! ```
+//!
+//! Tests of a geometry from outside the crate: `tests/geometries.rs`.
 
 #![warn(missing_docs)]
 

@@ -4,18 +4,18 @@ use std::cell::OnceCell;
 use std::sync::Arc;
 
 use burn::module::Module;
+use burn::optim::StateSink;
 use burn::optim::{
     AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
     momentum::MomentumConfig,
 };
-use burn::optim::StateSink;
 use burn::tensor::{Bytes, Device, Tensor};
 use burn_pack::Scalar;
 
 use crate::error::{SharpnessError, check, check_non_negative};
 use crate::estimator::{Evaluation, GradientEstimator, Oracle, StepContext};
-use crate::state::StateRecord;
 use crate::params::ParamSet;
+use crate::state::StateRecord;
 
 /// The loss of the current step's batch, as a function of the model.
 ///
@@ -361,7 +361,9 @@ impl SharpnessAware {
         let mut sink = StateSink::default();
         self.estimator.save_state("estimator", &mut sink);
         let mut record = StateRecord::from_sink(sink);
-        record.scalars.insert("step".into(), Scalar::from(self.step));
+        record
+            .scalars
+            .insert("step".into(), Scalar::from(self.step));
         let base = self
             .base
             .into_bytes()
@@ -379,7 +381,9 @@ impl SharpnessAware {
     ) -> Result<(), SharpnessError> {
         let base = record.take("base");
         if base.is_empty() {
-            return Err(SharpnessError::State("missing the base optimizer's state".into()));
+            return Err(SharpnessError::State(
+                "missing the base optimizer's state".into(),
+            ));
         }
         let base = self
             .base

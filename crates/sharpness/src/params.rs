@@ -11,9 +11,12 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::{GradientsParams, RecordState, StateSink, StateSource};
-use burn_pack::Scalar;
+use burn::optim::{GradientsParams, RecordState, StateSink, StateSource, join_path};
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_pack::Scalar;
+use rayon::prelude::*;
+
+use crate::error::SharpnessError;
 
 /// One tensor of a [`ParamSet`]: a flattened value with the parameter's id, shape and module path.
 #[derive(Clone, Debug)]
@@ -92,11 +95,18 @@ impl ParamSet {
     /// tensor's dtype).
     pub fn with_values(&self, values: &[f64]) -> Self {
         assert_eq!(values.len(), self.num_elements(), "number of values");
-        let mut offset = 0;
-        self.map(|e| {
+        let starts: Vec<usize> = self
+            .entries
+            .iter()
+            .scan(0, |offset, e| {
+                let start = *offset;
+                *offset += e.dims.iter().product::<usize>();
+                Some(start)
+            })
+            .collect();
+        self.map_indexed(|i, e| {
             let n = e.dims.iter().product::<usize>();
-            let data = TensorData::new(values[offset..offset + n].to_vec(), [n]);
-            offset += n;
+            let data = TensorData::new(values[starts[i]..starts[i] + n].to_vec(), [n]);
             Tensor::<1>::from_data(data, (&e.value.device(), DType::F64)).cast(e.value.dtype())
         })
     }
@@ -162,12 +172,21 @@ impl ParamSet {
     }
 
     /// Applies `f` to every tensor (same ids, shapes and paths).
-    pub fn map(&self, mut f: impl FnMut(&ParamTensor) -> Tensor<1>) -> Self {
+    ///
+    /// The tensors are mapped in parallel on the rayon pool: most backends run one tensor
+    /// operation on one thread (Flex does), and a rule is several operations per tensor.
+    pub fn map(&self, f: impl Fn(&ParamTensor) -> Tensor<1> + Sync) -> Self {
+        self.map_indexed(|_, e| f(e))
+    }
+
+    /// As [`ParamSet::map`], with each tensor's position.
+    fn map_indexed(&self, f: impl Fn(usize, &ParamTensor) -> Tensor<1> + Sync) -> Self {
         let entries = self
             .entries
-            .iter()
-            .map(|e| ParamTensor {
-                value: f(e),
+            .par_iter()
+            .enumerate()
+            .map(|(i, e)| ParamTensor {
+                value: f(i, e),
                 ..e.clone()
             })
             .collect();
@@ -182,9 +201,33 @@ impl ParamSet {
     pub fn zip_map(
         &self,
         other: &ParamSet,
-        mut f: impl FnMut(Tensor<1>, Tensor<1>) -> Tensor<1>,
+        f: impl Fn(Tensor<1>, Tensor<1>) -> Tensor<1> + Sync,
     ) -> Self {
         self.zip_map_entries(other, |e, x| f(e.value.clone(), x))
+    }
+
+    /// As [`ParamSet::zip_map`], consuming `self`: a tensor of `self` that no other set shares
+    /// reaches `f` unshared, so that backends which reuse such memory (Flex) write in place.
+    pub fn into_zip_map(
+        self,
+        other: &ParamSet,
+        f: impl Fn(Tensor<1>, Tensor<1>) -> Tensor<1> + Sync,
+    ) -> Self {
+        self.assert_same_layout(other);
+        let entries = self
+            .entries
+            .into_par_iter()
+            .zip(&other.entries)
+            .map(|(e, o)| ParamTensor {
+                value: f(e.value, o.value.clone()),
+                ..e
+            })
+            .collect();
+        Self {
+            entries,
+            index: self.index,
+            squared_norm: OnceLock::new(),
+        }
     }
 
     /// As [`ParamSet::zip_map`], with the whole entry of `self` (id, path, shape) for rules that
@@ -192,13 +235,11 @@ impl ParamSet {
     pub fn zip_map_entries(
         &self,
         other: &ParamSet,
-        mut f: impl FnMut(&ParamTensor, Tensor<1>) -> Tensor<1>,
+        f: impl Fn(&ParamTensor, Tensor<1>) -> Tensor<1> + Sync,
     ) -> Self {
         self.assert_same_layout(other);
-        let mut others = other.entries.iter();
-        self.map(|e| f(e, others.next().expect("same layout").value.clone()))
+        self.map_indexed(|i, e| f(e, other.entries[i].value.clone()))
     }
-
 
     /// Whether both sets hold the same ids in the same order.
     pub fn same_layout(&self, other: &ParamSet) -> bool {
@@ -448,6 +489,32 @@ impl ModuleMapper for MapMatching<'_> {
     }
 }
 
+impl ParamSet {
+    /// Writes an optional set (a geometry's state, which may not exist yet) under
+    /// `prefix.leaf`; nothing when it is `None`.
+    pub fn save_optional(set: Option<&ParamSet>, prefix: &str, leaf: &str, out: &mut StateSink) {
+        if let Some(set) = set {
+            set.state_flatten(&join_path(prefix, leaf), out);
+        }
+    }
+
+    /// Reads a set written by [`ParamSet::save_optional`]: `None` when nothing was saved there.
+    pub fn load_optional(
+        prefix: &str,
+        leaf: &str,
+        source: &mut StateSource,
+        device: &Device,
+    ) -> Result<Option<ParamSet>, SharpnessError> {
+        let path = join_path(prefix, leaf);
+        if !source.has_under(&path) {
+            return Ok(None);
+        }
+        Self::state_unflatten(&path, source, device)
+            .map(Some)
+            .ok_or_else(|| SharpnessError::State(format!("malformed tensor set `{path}`")))
+    }
+}
+
 /// A set in Burn's optimizer-state records: under `prefix`, the scalar `len`, and for the i-th
 /// tensor the tensor `i` (with the parameter's shape) and the scalar `i.id` (its [`ParamId`]).
 /// Module paths are not stored: state sets are matched to parameters by id.
@@ -458,7 +525,11 @@ impl RecordState for ParamSet {
             out.push_scalar(prefix, &format!("{i}.id"), Scalar::from(e.id.val()));
             let data = e.value.to_data();
             let (bytes, dtype) = (data.into_bytes(), e.value.dtype());
-            out.push_tensor(prefix, &i.to_string(), TensorData::from_bytes(bytes, e.dims.clone(), dtype));
+            out.push_tensor(
+                prefix,
+                &i.to_string(),
+                TensorData::from_bytes(bytes, e.dims.clone(), dtype),
+            );
         }
     }
 

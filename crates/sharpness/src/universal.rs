@@ -15,7 +15,7 @@
 //! copies), as for every estimator.
 
 use burn::optim::{StateSink, StateSource, join_path};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use burn_pack::Scalar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -199,22 +199,18 @@ pub enum Sampler {
 impl Sampler {
     /// Draws one direction u with the layout of `like`.
     pub fn sample(&self, like: &ParamSet, rng: &mut ChaCha8Rng) -> ParamSet {
-        let sampled = like.map(|e| {
-            let n = e.dims.iter().product::<usize>();
-            let values: Vec<f32> = match *self {
-                Sampler::Sphere | Sampler::Gaussian => (0..n)
-                    .map(|_| StandardNormal.sample(rng))
-                    .map(|v: f64| v as f32)
-                    .collect(),
-                Sampler::Hypercube { half_width } => {
-                    let uniform =
-                        Uniform::new_inclusive(-half_width, half_width).expect("valid half-width");
-                    (0..n).map(|_| uniform.sample(rng) as f32).collect()
-                }
-            };
-            Tensor::<1>::from_data(TensorData::new(values, [n]), &e.value.device())
-                .cast(e.value.dtype())
-        });
+        let n = like.num_elements();
+        let values: Vec<f64> = match *self {
+            Sampler::Sphere | Sampler::Gaussian => {
+                (0..n).map(|_| StandardNormal.sample(&mut *rng)).collect()
+            }
+            Sampler::Hypercube { half_width } => {
+                let uniform =
+                    Uniform::new_inclusive(-half_width, half_width).expect("valid half-width");
+                (0..n).map(|_| uniform.sample(&mut *rng)).collect()
+            }
+        };
+        let sampled = like.with_values(&values);
         match self {
             Sampler::Sphere => {
                 let norm = sampled.norm();

@@ -73,14 +73,22 @@ fn check(name: &str, geometry: &impl Preconditioner, g: &ParamSet, w: &ParamSet,
         }
     };
     close("ε", &p.epsilon().to_vec(), &expected);
-    let w_plus: Vec<f64> = w.to_vec().iter().zip(&expected).map(|(w, e)| w + e).collect();
-    close("w + ε", &p.apply_to(w).to_vec(), &w_plus);
     let norm: f64 = expected.iter().map(|e| e * e).sum();
     assert!(
-        (p.squared_norm - norm).abs() <= 10.0 * tol * norm,
+        (p.squared_norm() - norm).abs() <= 10.0 * tol * norm && !p.is_zero,
         "{name}: ‖ε‖² {} vs {norm}",
-        p.squared_norm
+        p.squared_norm()
     );
+    let w_plus: Vec<f64> = w
+        .to_vec()
+        .iter()
+        .zip(&expected)
+        .map(|(w, e)| w + e)
+        .collect();
+    close("w + ε", &p.apply_to(w).to_vec(), &w_plus);
+    // Perturbing leaves the geometry's state as it was: the same ε again.
+    let again = perturbation(geometry, rho, g, w).epsilon().to_vec();
+    close("ε again", &again, &expected);
 }
 
 fn all_geometries(g: &ParamSet, w: &ParamSet) {
@@ -147,7 +155,8 @@ fn every_geometry_matches_its_formula_in_f32_on_large_tensors() {
 fn ssam_without_a_mask_is_exactly_zero() {
     let g = random_set(6, [100, 5, 3], DType::F32, 1.0);
     let p = perturbation(&Ssam::new(0.5, 4, 1).unwrap(), 0.1, &g, &g);
-    assert_eq!(p.squared_norm, 0.0);
+    assert!(p.is_zero);
+    assert_eq!(p.squared_norm(), 0.0);
     assert!(p.epsilon().to_vec().iter().all(|x| *x == 0.0));
 }
 
@@ -173,7 +182,11 @@ impl Preconditioner for SqrtSam {
 #[test]
 fn a_user_diagonal_geometry_is_normalised_like_the_built_in_ones() {
     let g = random_set(9, [300, 10, 4], DType::F64, 1.0);
-    let d: Vec<f64> = g.to_vec().iter().map(|x| x.signum() * x.abs().sqrt()).collect();
+    let d: Vec<f64> = g
+        .to_vec()
+        .iter()
+        .map(|x| x.signum() * x.abs().sqrt())
+        .collect();
     check("sqrt-sam", &SqrtSam, &g, &g, &d);
 }
 
@@ -234,7 +247,10 @@ fn state_restored_on_an_autodiff_device_gives_the_same_perturbation() {
     let mut sink = StateSink::default();
     info.save_state("info", &mut sink);
     let bytes = StateRecord::from_sink(sink).into_bytes().unwrap();
-    let mut source: StateSource = StateRecord::from_bytes(bytes).unwrap().into_source().unwrap();
+    let mut source: StateSource = StateRecord::from_bytes(bytes)
+        .unwrap()
+        .into_source()
+        .unwrap();
     let mut restored = InfoSam::default();
     restored.load_state("info", &mut source, &device).unwrap();
     let before = perturbation(&info, 0.1, &g, &w).epsilon().to_vec();
@@ -244,5 +260,8 @@ fn state_restored_on_an_autodiff_device_gives_the_same_perturbation() {
     let mut fresh = InfoSam::default();
     let mut empty = StateRecord::default().into_source().unwrap();
     fresh.load_state("info", &mut empty, &device).unwrap();
-    assert_eq!(perturbation(&fresh, 0.1, &g, &w).epsilon().to_vec(), perturbation(&Sam, 0.1, &g, &w).epsilon().to_vec());
+    assert_eq!(
+        perturbation(&fresh, 0.1, &g, &w).epsilon().to_vec(),
+        perturbation(&Sam, 0.1, &g, &w).epsilon().to_vec()
+    );
 }

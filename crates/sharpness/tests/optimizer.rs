@@ -328,7 +328,10 @@ fn ssam_starts_as_plain_sgd_and_then_runs_two_passes() {
     let mut objective = Batch { x, y };
     let mut opt = optimizer(TwoPass::new(Ssam::new(0.5, 3, 1).unwrap()), 0.05);
     let first = opt.step(&model(), 0.1, &mut objective).unwrap();
-    assert_eq!(first.passes, 1, "mask starts empty: first step is plain SGD");
+    assert_eq!(
+        first.passes, 1,
+        "mask starts empty: first step is plain SGD"
+    );
     let second = opt.step(&first.model, 0.1, &mut objective).unwrap();
     assert_eq!(second.passes, 2);
 }
@@ -356,7 +359,10 @@ impl Oracle for Examples {
 fn ssam_mask_keeps_the_largest_empirical_fisher_coordinates_on_its_schedule() {
     let w = ParamSet::from_values(
         &device(),
-        &[("fc.weight", &[2, 2], &[0.0; 4]), ("fc.bias", &[2], &[0.0; 2])],
+        &[
+            ("fc.weight", &[2, 2], &[0.0; 4]),
+            ("fc.bias", &[2], &[0.0; 2]),
+        ],
     );
     // Σᵢ gᵢ² = (1+0, 4+1, 0+0, 1+9, 0+4, 1+1) = (1, 5, 0, 10, 4, 2): the top half is {3, 1, 4}.
     let grads = vec![
@@ -365,11 +371,21 @@ fn ssam_mask_keeps_the_largest_empirical_fisher_coordinates_on_its_schedule() {
     ];
     let mut oracle = Examples { w, grads };
     let mut ssam = Ssam::new(0.5, 2, 2).unwrap();
-    let ctx = |step| StepContext { step, rho: 0.05, lr: 0.1 };
+    let ctx = |step| StepContext {
+        step,
+        rho: 0.05,
+        lr: 0.1,
+    };
     ssam.after_step(&mut oracle, &ctx(1)).unwrap();
-    assert!(ssam.mask().is_none(), "step 1 is not on the every-2-steps schedule");
+    assert!(
+        ssam.mask().is_none(),
+        "step 1 is not on the every-2-steps schedule"
+    );
     ssam.after_step(&mut oracle, &ctx(2)).unwrap();
-    assert_eq!(ssam.mask().unwrap().to_vec(), [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
+    assert_eq!(
+        ssam.mask().unwrap().to_vec(),
+        [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    );
 }
 
 /// Runs 4 steps straight, and 2 steps + save + a fresh optimizer + load + 2 steps: bitwise equal.
@@ -432,7 +448,8 @@ fn resume_is_bit_identical_for_frob_sam() {
 fn corrupt_or_foreign_state_is_an_error_and_changes_nothing() {
     let (x, y) = batch();
     let mut opt = optimizer(TwoPass::new(InfoSam::default()), 0.05);
-    opt.step(&model(), 0.1, &mut |m: &TwoLayer| mse(m, &x, &y)).unwrap();
+    opt.step(&model(), 0.1, &mut |m: &TwoLayer| mse(m, &x, &y))
+        .unwrap();
     let bytes = opt.save_state().unwrap();
     let err = opt
         .load_state(&bytes[..bytes.len() / 2], &device())
@@ -442,7 +459,10 @@ fn corrupt_or_foreign_state_is_an_error_and_changes_nothing() {
     assert!(opt.load_state(b"garbage!", &device()).is_err());
     // A readable record without the optimizer's entries (e.g. a model's record).
     let err = opt
-        .load_state(&sharpness::StateRecord::default().into_bytes().unwrap(), &device())
+        .load_state(
+            &sharpness::StateRecord::default().into_bytes().unwrap(),
+            &device(),
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("base optimizer"), "{err}");

@@ -21,7 +21,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sharpness::{Objective, SharpnessAware};
+use sharpness::{Objective, SharpnessAware, StateRecord};
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 pub use config::{LrScheduleKind, OptimizerKind, RhoScheduleKind, TrainConfig};
@@ -181,7 +181,8 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
                 out.join(CONFIG_FILE).display()
             );
         }
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(ckpt.model)).map_err(|e| {
+        let model_bytes = ckpt.model.into_bytes()?;
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(model_bytes)).map_err(|e| {
             anyhow::anyhow!(
                 "checkpoint {}: bad model record: {e:?}",
                 checkpoint_path.display()
@@ -194,7 +195,7 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
             )
         })?;
         optimizer
-            .load_state(&ckpt.optimizer, &device)
+            .load_state_record(ckpt.optimizer, &device)
             .with_context(|| {
                 format!(
                     "checkpoint {}: bad optimizer state",
@@ -287,8 +288,8 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
                 steps: optimizer.steps(),
                 metrics: metrics.clone(),
             },
-            model: model_bytes(&model)?,
-            optimizer: optimizer.save_state()?,
+            model: StateRecord::from_bytes(model_bytes(&model)?)?,
+            optimizer: optimizer.state_record()?,
         };
         ckpt.save(&checkpoint_path)?;
     }

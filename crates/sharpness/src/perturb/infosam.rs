@@ -1,11 +1,11 @@
 //! infoSAM (Zhang, Li & Giannakis, ICASSP 2025; `docs/algorithms.md` §8) — a documented reconstruction.
 
-use burn::optim::{RecordState, StateSink, StateSource, join_path};
+use burn::optim::{StateSink, StateSource};
 use burn::tensor::Device;
 
 use super::{Normalization, Preconditioner};
 use crate::error::{SharpnessError, check};
-use crate::estimator::{Lifecycle, missing};
+use crate::estimator::Lifecycle;
 use crate::params::ParamSet;
 
 /// infoSAM: SAM whose perturbation weights each gradient coordinate by the inverse of an estimate
@@ -77,9 +77,7 @@ impl Default for InfoSam {
 
 impl Lifecycle for InfoSam {
     fn save_state(&self, prefix: &str, out: &mut StateSink) {
-        if let Some(mean) = &self.mean {
-            mean.state_flatten(&join_path(prefix, "mean"), out);
-        }
+        ParamSet::save_optional(self.mean.as_ref(), prefix, "mean", out);
     }
 
     fn load_state(
@@ -88,11 +86,7 @@ impl Lifecycle for InfoSam {
         source: &mut StateSource,
         device: &Device,
     ) -> Result<(), SharpnessError> {
-        let path = join_path(prefix, "mean");
-        self.mean = match source.has_under(&path) {
-            true => Some(ParamSet::state_unflatten(&path, source, device).ok_or_else(|| missing(&path))?),
-            false => None,
-        };
+        self.mean = ParamSet::load_optional(prefix, "mean", source, device)?;
         Ok(())
     }
 }

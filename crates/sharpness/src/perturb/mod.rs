@@ -52,7 +52,7 @@ pub const XI: f64 = 1e-12;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Normalization {
     /// Constraint preconditioning (CP): max gᵀε s.t. εᵀC⁻¹ε ≤ ρ² ⇒ ε = ρ C g / √(gᵀ C g).
-    /// C must be positive semi-definite.
+    /// C must be positive semi-definite (where gᵀCg ≤ 0 the perturbation is zero).
     Constraint,
     /// Objective preconditioning (OP): max (P g)ᵀε s.t. ‖ε‖ ≤ ρ ⇒ ε = ρ P g / ‖P g‖.
     Objective,
@@ -81,7 +81,7 @@ pub trait Preconditioner: Lifecycle + Send + Sync {
     fn commit(&mut self, _g: &ParamSet) {}
 }
 
-/// A perturbation ε = s·d: a direction, the scalar that normalises it, and ‖ε‖².
+/// A perturbation ε = s·d: a direction and the scalar that normalises it.
 ///
 /// Kept in this form so that w + ε is computed from d directly ([`Perturbation::apply_to`]).
 #[derive(Clone, Debug)]
@@ -90,8 +90,9 @@ pub struct Perturbation {
     pub direction: ParamSet,
     /// s, so that ε = s·d.
     pub scale: f64,
-    /// ‖ε‖² = s²‖d‖² (exactly 0 when ε = 0, e.g. for a zero gradient).
-    pub squared_norm: f64,
+    /// Whether ε = 0 exactly (a zero gradient, or a direction that is zero, as SSAM's before its
+    /// first mask): the second pass is then skipped.
+    pub is_zero: bool,
 }
 
 impl Perturbation {
@@ -100,14 +101,26 @@ impl Perturbation {
         self.direction.scale(self.scale)
     }
 
-    /// w + ε = w + s·d.
-    pub fn apply_to(&self, w: &ParamSet) -> ParamSet {
-        w.add_scaled(self.scale, &self.direction)
+    /// ‖ε‖² = s²‖d‖².
+    pub fn squared_norm(&self) -> f64 {
+        self.scale * self.scale * self.direction.squared_norm()
+    }
+
+    /// w + ε = w + s·d. Consumes the perturbation, so that a direction no one else holds is
+    /// scaled in place (Flex then writes w + s·d into that same memory).
+    pub fn apply_to(self, w: &ParamSet) -> ParamSet {
+        let scale = self.scale;
+        self.direction
+            .into_zip_map(w, |d, w| w + d.mul_scalar(scale))
     }
 }
 
 /// The perturbation ε = ρ d/‖d‖_* of a geometry for gradient `g` at weights `w`: the one place
 /// where a direction is normalised (see [`Normalization`]). ε = 0 when g = 0.
+///
+/// One reduction over memory at most: gᵀd for the constraint form (zero exactly when d is, C
+/// being positive semi-definite), ‖d‖² for the other two (‖g‖ is known from the step's NaN
+/// check).
 pub fn perturbation<P: Preconditioner + ?Sized>(
     preconditioner: &P,
     rho: f64,
@@ -115,17 +128,21 @@ pub fn perturbation<P: Preconditioner + ?Sized>(
     w: &ParamSet,
 ) -> Perturbation {
     let d = preconditioner.direction(g, w);
-    let dd = d.squared_norm();
-    let norm = match preconditioner.normalization() {
-        Normalization::Constraint => g.dot(&d).max(0.0).sqrt(),
-        Normalization::Objective => dd.sqrt(),
-        Normalization::Gradient => g.norm(),
+    let (norm, is_zero) = match preconditioner.normalization() {
+        Normalization::Constraint => {
+            let gd = g.dot(&d).max(0.0);
+            (gd.sqrt(), gd == 0.0)
+        }
+        Normalization::Objective => {
+            let dd = d.squared_norm();
+            (dd.sqrt(), dd == 0.0)
+        }
+        Normalization::Gradient => (g.norm(), d.squared_norm() == 0.0),
     };
-    let scale = rho / (norm + XI);
     Perturbation {
         direction: d,
-        scale,
-        squared_norm: scale * scale * dd,
+        scale: rho / (norm + XI),
+        is_zero,
     }
 }
 
@@ -191,10 +208,12 @@ impl<P: Preconditioner + Clone + 'static> GradientEstimator for TwoPass<P> {
         }
         let epsilon = perturbation(&self.preconditioner, ctx.rho, g, oracle.weights());
         self.preconditioner.commit(g);
-        if epsilon.squared_norm == 0.0 {
+        if epsilon.is_zero {
             return Ok(g.clone());
         }
-        Ok(oracle.evaluate_at(&epsilon.apply_to(oracle.weights()))?.grad)
+        Ok(oracle
+            .evaluate_at(&epsilon.apply_to(oracle.weights()))?
+            .grad)
     }
 
     fn clone_box(&self) -> Box<dyn GradientEstimator> {

@@ -1,11 +1,11 @@
 //! SSAM-F, sparse SAM with a Fisher mask (Mi et al., NeurIPS 2022; `docs/algorithms.md` §5).
 
-use burn::optim::{RecordState, StateSink, StateSource, join_path};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::{StateSink, StateSource};
+use burn::tensor::Device;
 
 use super::{Normalization, Preconditioner};
 use crate::error::{SharpnessError, check};
-use crate::estimator::{Lifecycle, Oracle, StepContext, missing};
+use crate::estimator::{Lifecycle, Oracle, StepContext};
 use crate::params::ParamSet;
 
 /// SSAM-F: SAM restricted to a sparse set of coordinates chosen by the empirical Fisher,
@@ -75,17 +75,11 @@ impl Ssam {
         let keep = ((values.len() as f64) * (1.0 - self.sparsity)).floor() as usize;
         let mut order: Vec<usize> = (0..values.len()).collect();
         order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-        let mut flat_mask = vec![0.0f32; values.len()];
+        let mut flat_mask = vec![0.0; values.len()];
         for &i in &order[..keep] {
             flat_mask[i] = 1.0;
         }
-        let mut offset = 0;
-        self.mask = Some(fisher.map(|e| {
-            let n = e.dims.iter().product::<usize>();
-            let data = TensorData::new(flat_mask[offset..offset + n].to_vec(), [n]);
-            offset += n;
-            Tensor::<1>::from_data(data, (&e.value.device(), e.value.dtype()))
-        }));
+        self.mask = Some(fisher.with_values(&flat_mask));
     }
 }
 
@@ -111,9 +105,7 @@ impl Lifecycle for Ssam {
     }
 
     fn save_state(&self, prefix: &str, out: &mut StateSink) {
-        if let Some(mask) = &self.mask {
-            mask.state_flatten(&join_path(prefix, "mask"), out);
-        }
+        ParamSet::save_optional(self.mask.as_ref(), prefix, "mask", out);
     }
 
     fn load_state(
@@ -122,11 +114,7 @@ impl Lifecycle for Ssam {
         source: &mut StateSource,
         device: &Device,
     ) -> Result<(), SharpnessError> {
-        let path = join_path(prefix, "mask");
-        self.mask = match source.has_under(&path) {
-            true => Some(ParamSet::state_unflatten(&path, source, device).ok_or_else(|| missing(&path))?),
-            false => None,
-        };
+        self.mask = ParamSet::load_optional(prefix, "mask", source, device)?;
         Ok(())
     }
 }
