@@ -19,6 +19,9 @@ pub struct ReproduceArgs {
     /// Output directory.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -69,8 +72,7 @@ fn ensure_data(progress: &ProgressBar) -> Result<()> {
 
 /// Runs every experiment of [`SECTIONS`] and writes `report.md` (atomically).
 pub fn run(args: &ReproduceArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {

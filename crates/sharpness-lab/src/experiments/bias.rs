@@ -115,6 +115,9 @@ pub struct BiasArgs {
     /// Output directory (files go to OUT/bias/, the report section to OUT/bias.md).
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
 }
 
 /// `sharpness-lab bias`.
@@ -124,6 +127,7 @@ pub fn cli(args: BiasArgs) -> Result<()> {
     } else {
         Preset::Full
     };
+    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
     let section = run(preset, &args.out)?;
     let path = args.out.join("bias.md");
     write_atomic(&path, section.as_bytes())?;
@@ -386,13 +390,13 @@ fn run_with(preset: Preset, out_dir: &Path, progress: Option<&ProgressBar>) -> R
     let settings = preset.settings();
     let dir = out_dir.join("bias");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dataset = data::load(
+    let dataset = data::load_verified(
         DatasetName::Mnist,
         Variant::Full,
         &data::fetch::default_cache_dir(),
         0,
     )
-    .context("loading MNIST (run `sharpness-lab data fetch` first)")?;
+    .context("loading MNIST")?;
     let train = data::subset(&dataset.train, settings.train_examples);
     let device = crate::train::device();
     let runs = runs(&settings);

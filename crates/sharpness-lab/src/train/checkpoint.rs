@@ -29,6 +29,10 @@ pub struct CheckpointMeta {
     /// f64, and a resumed run must report exactly what an uninterrupted one does).
     #[serde(with = "exact_metrics")]
     pub metrics: Vec<EpochMetrics>,
+    /// SHA-256 of the verified training data ([`crate::data::Dataset::sha256`]); a resume on
+    /// other data is refused. `None`: unverified data (or a checkpoint older than this field).
+    #[serde(default)]
+    pub data_sha256: Option<String>,
 }
 
 /// [`EpochMetrics`] as the bit patterns of their numbers.
