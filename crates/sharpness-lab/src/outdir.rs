@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 
 /// The marker that makes a directory a lab run (written when a run claims it).
 pub const MARKER_FILE: &str = ".sharpness-lab-run";
+const MARKER_TEXT: &str = "This directory holds results of sharpness-lab.\n";
 /// The lock file; holds the pid of the process that holds the lock.
 pub const LOCK_FILE: &str = ".sharpness-lab.lock";
 
@@ -49,7 +50,7 @@ pub fn claim(dir: &Path, force: bool) -> Result<RunDir> {
             dir.display()
         );
     }
-    fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create", dir.display()))?;
+    create_marked(dir).with_context(|| format!("--out {}: cannot create", dir.display()))?;
     let lock_path = dir.join(LOCK_FILE);
     let mut lock = OpenOptions::new()
         .read(true)
@@ -77,10 +78,7 @@ pub fn claim(dir: &Path, force: bool) -> Result<RunDir> {
         lock.set_len(0)?;
         lock.seek(SeekFrom::Start(0))?;
         writeln!(lock, "{}", std::process::id())?;
-        fs::write(
-            dir.join(MARKER_FILE),
-            "This directory holds results of sharpness-lab.\n",
-        )
+        fs::write(dir.join(MARKER_FILE), MARKER_TEXT)
     };
     write(&mut lock).with_context(|| format!("--out {}: not writable", dir.display()))?;
     remove_stale_temp_files(dir);
@@ -100,7 +98,7 @@ pub fn check_output_file(path: &Path, flag: &str) -> Result<()> {
         Some(dir) => dir,
         None => Path::new("."),
     };
-    fs::create_dir_all(dir)
+    create_marked(dir)
         .with_context(|| format!("{flag} {}: cannot create {}", path.display(), dir.display()))?;
     let probe = crate::report::temp_path(path);
     File::create(&probe)
@@ -112,6 +110,17 @@ pub fn check_output_file(path: &Path, flag: &str) -> Result<()> {
                 dir.display()
             )
         })
+}
+
+/// Creates `dir` and its missing parents, marking each directory it creates as the lab's, so that
+/// nested defaults (`results/train` and then `reproduce --out results`) are accepted.
+fn create_marked(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    fs::create_dir_all(dir)?;
+    for created in missing.into_iter().filter(|d| !d.as_os_str().is_empty()) {
+        fs::write(created.join(MARKER_FILE), MARKER_TEXT)?;
+    }
+    Ok(())
 }
 
 fn is_non_empty(dir: &Path) -> Result<bool> {
@@ -178,6 +187,10 @@ mod tests {
         assert!(claim(Path::new("/"), true).is_err());
         let empty = tempfile::tempdir().unwrap();
         claim(empty.path(), false).unwrap();
+        // Parents the lab creates are the lab's: a run into them later is accepted.
+        let results = empty.path().join("results");
+        drop(claim(&results.join("train"), false).unwrap());
+        claim(&results, false).unwrap();
     }
 
     #[test]

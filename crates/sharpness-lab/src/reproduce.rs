@@ -43,6 +43,8 @@ pub const SECTIONS: &[(&str, Experiment, bool)] = &[
 
 /// The comparison table's reduced preset (Fashion-MNIST, small subsets) as a section.
 fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
+    // Claimed on its own too: a `table --out OUT/table` run meanwhile is refused.
+    let _table_dir = crate::outdir::claim(&out.join("table"), false)?;
     let config = crate::experiments::table::TableConfig::reduced();
     progress.set_message(format!("table: {} runs (reduced preset)", config.runs()));
     let body = crate::experiments::table::run(&config, &out.join("table"), false)?;
@@ -56,7 +58,8 @@ fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
 /// Fetches and verifies the datasets if the cache does not hold them yet (first use).
 fn ensure_data(progress: &ProgressBar) -> Result<()> {
     let cache = crate::data::default_cache_dir();
-    if crate::data::verify_cache(&cache).is_ok() {
+    let verified = |name| crate::data::fetch::verify_dataset(&cache, name).is_ok();
+    if crate::data::DatasetName::ALL.into_iter().all(verified) {
         return Ok(());
     }
     progress.suspend(|| {

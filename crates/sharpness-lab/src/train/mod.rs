@@ -191,6 +191,17 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
             );
         }
         check_counters(&ckpt.meta, config)
+            .and_then(|()| {
+                let expected = (ckpt.meta.epochs_done * steps_per_epoch) as u64;
+                if ckpt.meta.steps != expected {
+                    bail!(
+                        "{} steps recorded, {} epochs of {steps_per_epoch} steps are {expected}",
+                        ckpt.meta.steps,
+                        ckpt.meta.epochs_done
+                    );
+                }
+                Ok(())
+            })
             .with_context(|| format!("checkpoint {} is inconsistent", checkpoint_path.display()))?;
         if ckpt.meta.data_sha256.is_some() && ckpt.meta.data_sha256 != dataset.sha256 {
             bail!(
