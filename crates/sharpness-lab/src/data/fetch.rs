@@ -180,6 +180,7 @@ fn hex(bytes: &[u8]) -> String {
 pub fn fetch_all(cache: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
     fs::create_dir_all(cache)
         .with_context(|| format!("cannot create cache {}", cache.display()))?;
+    crate::outdir::remove_stale_temp_files(cache);
     let sums = checksums();
     if sums.iter().all(|s| is_intact(cache, s)) {
         log(&format!(
