@@ -3,7 +3,7 @@
 //! writable, locked exclusively for the run's lifetime (a second run into it is refused, naming the
 //! holder) — and stale temporary files of dead processes are removed from it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -59,20 +59,24 @@ pub fn claim(dir: &Path, force: bool) -> Result<RunDir> {
         .truncate(false)
         .open(&lock_path)
         .with_context(|| format!("--out {}: not writable", dir.display()))?;
-    if let Err(e) = lock.try_lock() {
-        let mut holder = String::new();
-        let _ = lock.read_to_string(&mut holder);
-        let holder = holder.trim();
-        let holder = if holder.is_empty() {
-            "another process".to_string()
-        } else {
-            format!("process {holder}")
-        };
-        bail!(
-            "--out {}: another sharpness-lab run ({holder}) is writing into it ({e}); wait for \
-             it to finish or choose another --out",
-            dir.display()
-        );
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "another process".to_string(),
+                pid => format!("process {pid}"),
+            };
+            bail!(
+                "--out {}: another sharpness-lab run ({holder}) is writing into it; wait for it \
+                 to finish or choose another --out",
+                dir.display()
+            );
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("--out {}: cannot lock", dir.display()));
+        }
     }
     let write = |lock: &mut File| -> std::io::Result<()> {
         lock.set_len(0)?;

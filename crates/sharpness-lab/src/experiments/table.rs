@@ -212,13 +212,13 @@ impl TableConfig {
     /// Refuses a dataset, variant, method or seed listed twice (its runs would be counted as
     /// independent, e.g. "± 0.00 over 2 seeds (0, 0)").
     pub fn validate(&self) -> Result<()> {
-        fn once<T: PartialEq + std::fmt::Debug>(flag: &str, items: &[T]) -> Result<()> {
+        fn once<T: PartialEq + std::fmt::Display>(flag: &str, items: &[T]) -> Result<()> {
             if items.is_empty() {
                 anyhow::bail!("{flag} lists nothing");
             }
             for (i, item) in items.iter().enumerate() {
                 if items[..i].contains(item) {
-                    anyhow::bail!("{flag} lists {item:?} more than once; list each once");
+                    anyhow::bail!("{flag} lists {item} more than once; list each once");
                 }
             }
             Ok(())
