@@ -214,18 +214,6 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a finite number > 0 (got {})", self.lr);
         }
-        for (flag, value) in [
-            ("--rho", self.rho),
-            ("--rho-min", self.rho_min),
-            ("--weight-decay", self.weight_decay),
-        ] {
-            if !(value.is_finite() && value >= 0.0) {
-                bail!("{flag} must be a finite number ≥ 0 (got {value})");
-            }
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("--momentum must be in [0, 1) (got {})", self.momentum);
-        }
         // As torch.optim.SGD ("Nesterov momentum requires a momentum"); Adam has no Nesterov.
         if self.nesterov && self.optimizer != OptimizerKind::Sgd {
             bail!("--nesterov applies to --optimizer sgd only");
@@ -240,8 +228,10 @@ impl TrainConfig {
             bail!("--width must be ≥ 1");
         }
         crate::limits::ensure_training_fits(self.model, self.width, self.batch_size, 0.0)?;
-        self.rho_schedule()?;
-        self.base_optimizer()?;
+        // The library checks these hyperparameters; the context names the flags.
+        self.rho_schedule().context("--rho, --rho-min")?;
+        self.base_optimizer()
+            .context("--momentum, --weight-decay, --beta1, --beta2, --adam-eps")?;
         crate::methods::estimator(self.method, &self.method_params)?;
         Ok(())
     }
