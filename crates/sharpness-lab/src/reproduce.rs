@@ -75,7 +75,6 @@ fn ensure_data(progress: &ProgressBar) -> Result<()> {
 
 /// Runs every experiment of [`SECTIONS`] and writes `report.md` (atomically).
 pub fn run(args: &ReproduceArgs) -> Result<()> {
-    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -95,6 +94,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             "unknown experiment `{only}` (expected one of: toys, bias, table)"
         );
     }
+    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
     let selected = SECTIONS
         .iter()
         .filter(|(name, _, _)| args.only.is_empty() || args.only.iter().any(|o| o == name));

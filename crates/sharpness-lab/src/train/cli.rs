@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::{RunOptions, TrainConfig};
@@ -186,7 +186,12 @@ pub fn data(command: DataCommand) -> Result<()> {
         }
         DataCommand::Verify { cache } => {
             let cache = cache.unwrap_or_else(data::default_cache_dir);
-            data::verify_cache(&cache)?;
+            data::verify_cache(&cache).with_context(|| {
+                format!(
+                    "the cache does not hold the recorded data; fetch it with `{}`",
+                    data::fetch_command(&cache)
+                )
+            })?;
             println!(
                 "all data files in {} match the recorded sums",
                 cache.display()
