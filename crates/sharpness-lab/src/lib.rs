@@ -1,8 +1,10 @@
 //! `sharpness-lab`: experiments, data, models and reports for the `sharpness` library.
 pub mod data;
 pub mod experiments;
+pub mod limits;
 pub mod methods;
 pub mod models;
+pub mod outdir;
 pub mod report;
 pub mod reproduce;
 pub mod toys;

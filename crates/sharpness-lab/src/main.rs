@@ -43,18 +43,15 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    // Every error leaves through one place: one line, exit status 1, no backtrace.
+    sharpness_lab::report::exit_on_error(match cli.command {
         // CLI-DISPATCH (one arm per subcommand; keep this marker)
         Command::Bias(args) => sharpness_lab::experiments::bias::cli(args),
         Command::Train(args) => sharpness_lab::train::cli::train(*args),
         Command::Table(args) => sharpness_lab::train::cli::table(args),
         Command::Data { command } => sharpness_lab::train::cli::data(command),
         Command::Bench(args) => sharpness_lab::train::cli::bench(args),
-        Command::Toy { command } => {
-            sharpness_lab::report::exit_on_error(sharpness_lab::toys::cli::run(command))
-        }
-        Command::Reproduce(args) => {
-            sharpness_lab::report::exit_on_error(sharpness_lab::reproduce::run(&args))
-        }
-    }
+        Command::Toy { command } => sharpness_lab::toys::cli::run(command),
+        Command::Reproduce(args) => sharpness_lab::reproduce::run(&args),
+    })
 }

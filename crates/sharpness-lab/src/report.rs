@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
@@ -30,12 +31,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// A temporary path next to `path`, unique per process and call: `.{name}.tmp-{pid}-{n}`
+/// ([`temp_file_pid`] reads the pid back, so that a later run can remove a killed run's files).
+pub fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// The pid in a name made by [`temp_path`] (also with an extension appended), if it is one.
+pub fn temp_file_pid(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let (_, tail) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (pid, rest) = tail.split_once('-')?;
+    let counter = rest.split('.').next()?;
+    counter.parse::<u64>().ok()?;
+    pid.parse().ok()
 }
 
 /// A section of `report.md`: a title and a markdown body (which may link figures by relative
@@ -376,17 +391,27 @@ impl Figure {
         )
     }
 
-    /// Saves `stem.png` and `stem.svg` (each atomically) and returns both paths.
+    /// Saves `stem.png` and `stem.svg` (each atomically: a figure that cannot be written leaves
+    /// no partial file, and the error names it) and returns both paths.
     pub fn save(&self, stem: &Path) -> Result<Vec<PathBuf>> {
         let png = stem.with_extension("png");
         let svg = stem.with_extension("svg");
-        let tmp = temp_path(&png).with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
-            self.draw(&root)?;
-            root.present().map_err(|e| anyhow!("{e:?}"))?;
+        // The bitmap backend chooses the format by the extension, so the temporary name ends in .png.
+        let tmp = PathBuf::from(format!("{}.png", temp_path(&png).display()));
+        let written = (|| -> Result<()> {
+            {
+                let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
+                self.draw(&root)?;
+                root.present().map_err(|e| anyhow!("{e}"))?;
+            }
+            fs::File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &png)?;
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        fs::rename(&tmp, &png).with_context(|| format!("writing {}", png.display()))?;
+        written.with_context(|| format!("writing {}", png.display()))?;
         let mut text = String::new();
         {
             let root = SVGBackend::with_string(&mut text, self.size()).into_drawing_area();
@@ -601,13 +626,50 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(102, 102, 102),
 ];
 
-/// For command dispatch: on error, prints `error: …` (the whole cause chain on one line) to
-/// stderr and exits with status 2.
+/// For command dispatch: on error, prints `error: …` (the whole cause chain on one line, never a
+/// backtrace, whatever `RUST_BACKTRACE` says) to stderr and exits with status 1 (clap's usage
+/// errors have 2).
 pub fn exit_on_error(result: Result<()>) -> Result<()> {
     if let Err(e) = result {
         let msg = format!("{e:#}").replace('\n', " ");
         eprintln!("error: {msg}");
-        std::process::exit(2);
+        std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_unique_and_carry_the_pid() {
+        let a = temp_path(Path::new("out/metrics.csv"));
+        let b = temp_path(Path::new("out/metrics.csv"));
+        assert_ne!(a, b);
+        assert_eq!(temp_file_pid(&a), Some(std::process::id()));
+        let png = PathBuf::from(format!("{}.png", a.display()));
+        assert_eq!(temp_file_pid(&png), Some(std::process::id()));
+        assert_eq!(temp_file_pid(Path::new("out/metrics.csv")), None);
+    }
+
+    #[test]
+    fn a_figure_that_cannot_be_written_leaves_nothing_and_names_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory where the PNG must go: the final rename fails.
+        fs::create_dir(tmp.path().join("fig.png")).unwrap();
+        let figure = Figure {
+            title: "t".into(),
+            panels: vec![Panel::new("p", "x", "y", (0.0, 1.0), (0.0, 1.0))],
+            cols: 1,
+            panel_size: (120, 100),
+        };
+        let err = figure.save(&tmp.path().join("fig")).unwrap_err();
+        assert!(format!("{err:#}").contains("fig.png"), "{err:#}");
+        let left: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("fig.png")]);
+    }
 }

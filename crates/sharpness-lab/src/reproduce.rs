@@ -19,6 +19,9 @@ pub struct ReproduceArgs {
     /// Output directory.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -40,6 +43,8 @@ pub const SECTIONS: &[(&str, Experiment, bool)] = &[
 
 /// The comparison table's reduced preset (Fashion-MNIST, small subsets) as a section.
 fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
+    // Claimed on its own too: a `table --out OUT/table` run meanwhile is refused.
+    let _table_dir = crate::outdir::claim(&out.join("table"), false)?;
     let config = crate::experiments::table::TableConfig::reduced();
     progress.set_message(format!("table: {} runs (reduced preset)", config.runs()));
     let body = crate::experiments::table::run(&config, &out.join("table"), false)?;
@@ -53,7 +58,8 @@ fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
 /// Fetches and verifies the datasets if the cache does not hold them yet (first use).
 fn ensure_data(progress: &ProgressBar) -> Result<()> {
     let cache = crate::data::default_cache_dir();
-    if crate::data::verify_cache(&cache).is_ok() {
+    let verified = |name| crate::data::fetch::verify_dataset(&cache, name).is_ok();
+    if crate::data::DatasetName::ALL.into_iter().all(verified) {
         return Ok(());
     }
     progress.suspend(|| {
@@ -69,8 +75,6 @@ fn ensure_data(progress: &ProgressBar) -> Result<()> {
 
 /// Runs every experiment of [`SECTIONS`] and writes `report.md` (atomically).
 pub fn run(args: &ReproduceArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -90,6 +94,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             "unknown experiment `{only}` (expected one of: toys, bias, table)"
         );
     }
+    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
     let selected = SECTIONS
         .iter()
         .filter(|(name, _, _)| args.only.is_empty() || args.only.iter().any(|o| o == name));

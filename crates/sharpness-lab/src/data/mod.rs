@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use fetch::{FETCH_COMMAND, default_cache_dir, fetch_all, verify_cache};
+pub use fetch::{FETCH_COMMAND, default_cache_dir, fetch_all, fetch_command, verify_cache};
 pub use idx::IdxError;
 pub use protocol::{LabelNoise, epoch_order, flip_labels, subset};
 
@@ -190,6 +190,9 @@ pub struct Dataset {
     pub variant: Variant,
     /// For [`Variant::Corrupt`]: which training labels were flipped.
     pub label_noise: Option<LabelNoise>,
+    /// SHA-256 of the verified files' recorded sums ([`load_verified`]); `None` for data that
+    /// was not verified (built in memory, or read by [`load`]). Checkpoints record it.
+    pub sha256: Option<String>,
 }
 
 impl Dataset {
@@ -205,14 +208,30 @@ pub enum DataError {
     /// A dataset file is not in the cache.
     #[error(
         "dataset {name} is not in the cache: {} is missing; fetch the data with \
-         `{FETCH_COMMAND}` (cache {}; set SHARPNESS_CACHE to use another)",
+         `{}` (cache {}; set SHARPNESS_CACHE to use another)",
         path.display(),
+        fetch_command(cache),
         cache.display()
     )]
     Missing {
         /// The dataset.
         name: DatasetName,
         /// The missing file.
+        path: PathBuf,
+        /// The cache directory searched.
+        cache: PathBuf,
+    },
+    /// A directory (or other non-file) where a data file belongs.
+    #[error(
+        "{} is a directory (or another non-file), not the data file of {name}; remove it and \
+         fetch the data with `{}`",
+        path.display(),
+        fetch_command(cache)
+    )]
+    NotAFile {
+        /// The dataset.
+        name: DatasetName,
+        /// The path that is not a file.
         path: PathBuf,
         /// The cache directory searched.
         cache: PathBuf,
@@ -273,7 +292,42 @@ pub fn load(
         name,
         variant,
         label_noise,
+        sha256: None,
     })
+}
+
+/// [`load`] after verifying `name`'s files against the recorded sums (cheaply: a file whose size
+/// and modification time are unchanged since its last verification is not hashed again); the
+/// dataset carries its hash ([`Dataset::sha256`]). Training, the table and the bias experiment
+/// load through here, so edited data never trains silently.
+pub fn load_verified(
+    name: DatasetName,
+    variant: Variant,
+    cache: &Path,
+    label_noise_seed: u64,
+) -> anyhow::Result<Dataset> {
+    for file in name.file_names() {
+        present(name, cache, &cache.join(name.dir_name()).join(file))?;
+    }
+    let sha256 = fetch::verify_dataset(cache, name).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}; the cached {name} is not the recorded data: fetch it again with `{}`",
+            fetch_command(cache)
+        )
+    })?;
+    let mut dataset = load(name, variant, cache, label_noise_seed)?;
+    dataset.sha256 = Some(sha256);
+    Ok(dataset)
+}
+
+/// Errors unless `path` is a file (missing and not-a-file are told apart).
+fn present(name: DatasetName, cache: &Path, path: &Path) -> Result<(), DataError> {
+    let (name, path, cache) = (name, path.to_path_buf(), cache.to_path_buf());
+    match path.metadata() {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(DataError::NotAFile { name, path, cache }),
+        Err(_) => Err(DataError::Missing { name, path, cache }),
+    }
 }
 
 /// Reads and normalises one image/label file pair of `name` from `cache`.
@@ -286,13 +340,7 @@ fn load_split(
     let dir = cache.join(name.dir_name());
     let (images_path, labels_path) = (dir.join(images_file), dir.join(labels_file));
     for path in [&images_path, &labels_path] {
-        if !path.is_file() {
-            return Err(DataError::Missing {
-                name,
-                path: path.clone(),
-                cache: cache.to_path_buf(),
-            });
-        }
+        present(name, cache, path)?;
     }
     let (images, labels) = idx::read_pair(&images_path, &labels_path)?;
     if (images.rows, images.cols) != (IMAGE_SIDE, IMAGE_SIDE) {

@@ -115,6 +115,9 @@ pub struct BiasArgs {
     /// Output directory (files go to OUT/bias/, the report section to OUT/bias.md).
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
 }
 
 /// `sharpness-lab bias`.
@@ -124,6 +127,7 @@ pub fn cli(args: BiasArgs) -> Result<()> {
     } else {
         Preset::Full
     };
+    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
     let section = run(preset, &args.out)?;
     let path = args.out.join("bias.md");
     write_atomic(&path, section.as_bytes())?;
@@ -149,6 +153,8 @@ const SECTION_TITLE: &str =
 
 /// Runs the experiment, writes `out_dir/bias/` (metrics CSV/JSON, figures) and returns the
 /// markdown section (figure links relative to `out_dir`).
+/// An interrupted invocation resumes: the runs it completed with the same settings and data are
+/// read back from `bias/metrics.csv` instead of being trained again.
 pub fn run(preset: Preset, out_dir: &Path) -> Result<String> {
     run_with(preset, out_dir, None)
 }
@@ -310,7 +316,7 @@ fn measurement_data(
 }
 
 /// One training run's per-epoch record.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct EpochRecord {
     /// `sgd`, `frob-sam` or `trace-sam`.
     pub method: String,
@@ -386,13 +392,13 @@ fn run_with(preset: Preset, out_dir: &Path, progress: Option<&ProgressBar>) -> R
     let settings = preset.settings();
     let dir = out_dir.join("bias");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dataset = data::load(
+    let dataset = data::load_verified(
         DatasetName::Mnist,
         Variant::Full,
         &data::fetch::default_cache_dir(),
         0,
     )
-    .context("loading MNIST (run `sharpness-lab data fetch` first)")?;
+    .context("loading MNIST")?;
     let train = data::subset(&dataset.train, settings.train_examples);
     let device = crate::train::device();
     let runs = runs(&settings);
@@ -400,8 +406,23 @@ fn run_with(preset: Preset, out_dir: &Path, progress: Option<&ProgressBar>) -> R
         p.inc_length((runs.len() * (settings.epochs + 1)) as u64);
     }
     let started = Instant::now();
+    // Runs completed by an interrupted invocation with the same settings and data are kept.
+    let key = serde_json::json!({ "settings": settings, "data_sha256": dataset.sha256 });
+    let earlier = earlier_records(&dir, &key);
+    write_atomic(
+        &dir.join(RESUME_KEY_FILE),
+        serde_json::to_string_pretty(&key)?.as_bytes(),
+    )?;
     let mut records = Vec::new();
     for run in &runs {
+        let done = series_of(&earlier, method_name(run.method), run.lambda);
+        if done.len() == settings.epochs + 1 {
+            records.extend(done.into_iter().cloned());
+            if let Some(p) = progress {
+                p.inc((settings.epochs + 1) as u64);
+            }
+            continue;
+        }
         records.extend(train_run(
             run,
             &settings,
@@ -420,6 +441,27 @@ fn run_with(preset: Preset, out_dir: &Path, progress: Option<&ProgressBar>) -> R
     )?;
     plot(&settings, &records, &dir)?;
     Ok(section(preset, &settings, &records, total))
+}
+
+/// What identifies an invocation's results in `bias/`: settings and data hash.
+const RESUME_KEY_FILE: &str = "resume_key.json";
+
+/// The records of `dir/metrics.csv` if they were written under `key` (else none).
+fn earlier_records(dir: &Path, key: &serde_json::Value) -> Vec<EpochRecord> {
+    let same = std::fs::read(dir.join(RESUME_KEY_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|earlier| &earlier == key);
+    if !same {
+        return vec![];
+    }
+    let Ok(mut reader) = csv::Reader::from_path(dir.join("metrics.csv")) else {
+        return vec![];
+    };
+    reader
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .unwrap_or_default()
 }
 
 fn train_run(
@@ -891,6 +933,36 @@ mod tests {
             .max()
             .into_scalar::<f64>();
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn an_interrupted_invocation_resumes_from_its_completed_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let record = |method: &str, epoch| EpochRecord {
+            method: method.into(),
+            lambda: 0.01,
+            epoch,
+            train_loss: f64::NAN,
+            test_acc: 0.1 + 1e-17,
+            frobenius: 1.0 / 3.0,
+            frobenius_se: f64::NAN,
+            trace: f64::NAN,
+            trace_se: 0.0,
+            epoch_seconds: 1.0,
+            frobenius_seconds: 2.0,
+            trace_seconds: 0.0,
+        };
+        let records = vec![record("frob-sam", 0), record("frob-sam", 1)];
+        write_atomic(&dir.join("metrics.csv"), &csv_bytes(&records).unwrap()).unwrap();
+        let key = serde_json::json!({ "settings": Preset::Reduced.settings(), "data_sha256": "a" });
+        write_atomic(&dir.join(RESUME_KEY_FILE), key.to_string().as_bytes()).unwrap();
+        let earlier = earlier_records(dir, &key);
+        assert_eq!(earlier.len(), 2);
+        assert_eq!(earlier[0].frobenius, 1.0 / 3.0);
+        assert!(earlier[0].train_loss.is_nan());
+        let other = serde_json::json!({ "settings": Preset::Full.settings(), "data_sha256": "a" });
+        assert!(earlier_records(dir, &other).is_empty());
     }
 
     #[test]

@@ -209,6 +209,30 @@ impl TableConfig {
         (self.train_size(variant) / self.batch_size).max(1)
     }
 
+    /// Refuses a dataset, variant, method or seed listed twice (its runs would be counted as
+    /// independent, e.g. "± 0.00 over 2 seeds (0, 0)").
+    pub fn validate(&self) -> Result<()> {
+        fn once<T: PartialEq + std::fmt::Display>(flag: &str, items: &[T]) -> Result<()> {
+            if items.is_empty() {
+                anyhow::bail!("{flag} lists nothing");
+            }
+            for (i, item) in items.iter().enumerate() {
+                if items[..i].contains(item) {
+                    anyhow::bail!("{flag} lists {item} more than once; list each once");
+                }
+            }
+            Ok(())
+        }
+        once("--datasets", &self.datasets)?;
+        once("--variants", &self.variants)?;
+        once("--methods", &self.methods)?;
+        once("--seeds", &self.seeds)?;
+        if self.epochs == 0 {
+            anyhow::bail!("--epochs must be ≥ 1");
+        }
+        Ok(())
+    }
+
     /// Number of runs.
     pub fn runs(&self) -> usize {
         self.datasets.len() * self.variants.len() * self.methods.len() * self.seeds.len()
@@ -261,6 +285,7 @@ pub struct CellRun {
 /// `results.csv`, `test_accuracy.{png,svg}` and `report.md` into `out_dir`, and returns the
 /// markdown section (without a top-level title) for a larger report.
 pub fn run(config: &TableConfig, out_dir: &Path, progress: bool) -> Result<String> {
+    config.validate()?;
     let started = Instant::now();
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
@@ -274,7 +299,7 @@ pub fn run(config: &TableConfig, out_dir: &Path, progress: bool) -> Result<Strin
     let mut cells = Vec::new();
     for &dataset in &config.datasets {
         for &variant in &config.variants {
-            let loaded = data::load(dataset, variant, &cache, 0)?;
+            let loaded = data::load_verified(dataset, variant, &cache, 0)?;
             let tag = loaded.tag();
             for &method in &config.methods {
                 for &seed in &config.seeds {
@@ -285,7 +310,7 @@ pub fn run(config: &TableConfig, out_dir: &Path, progress: bool) -> Result<Strin
                         .join(method.name())
                         .join(format!("seed{seed}"));
                     done += 1;
-                    let metrics = match completed(&dir, &train_config)? {
+                    let metrics = match completed(&dir, &train_config, &loaded)? {
                         Some(metrics) => metrics,
                         None => {
                             let cell_started = Instant::now();
@@ -350,15 +375,26 @@ pub fn run(config: &TableConfig, out_dir: &Path, progress: bool) -> Result<Strin
     Ok(section)
 }
 
-/// The metrics of a run directory whose checkpoint is complete for `config`.
-fn completed(dir: &Path, config: &TrainConfig) -> Result<Option<Vec<EpochMetrics>>> {
+/// The metrics of a run directory whose checkpoint is complete for `config` and `data` (one
+/// written with other settings or data is left to [`train::run`], which refuses it).
+fn completed(
+    dir: &Path,
+    config: &TrainConfig,
+    data: &data::Dataset,
+) -> Result<Option<Vec<EpochMetrics>>> {
     let path = dir.join(train::CHECKPOINT_FILE);
     if !path.exists() {
         return Ok(None);
     }
     let ckpt = Checkpoint::load(&path)?;
-    let same = ckpt.meta.config_toml == config.to_toml()?;
-    Ok((same && ckpt.meta.epochs_done == config.epochs).then_some(ckpt.meta.metrics))
+    let same = ckpt.meta.config_toml == config.to_toml()?
+        && (ckpt.meta.data_sha256.is_none() || ckpt.meta.data_sha256 == data.sha256);
+    if !same {
+        return Ok(None);
+    }
+    train::check_counters(&ckpt.meta, config)
+        .with_context(|| format!("checkpoint {} is inconsistent", path.display()))?;
+    Ok((ckpt.meta.epochs_done == config.epochs).then_some(ckpt.meta.metrics))
 }
 
 fn write_csv(out_dir: &Path, cells: &[CellRun]) -> Result<()> {

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::loss::Loss;
 use super::sim::{self, Trajectory};
+use crate::limits;
 use crate::methods::{Method, MethodParams};
 
 /// Toy-landscape commands.
@@ -111,6 +112,24 @@ pub fn parse_pair(flag: &str, s: &str) -> Result<[f64; 2]> {
     Ok(out)
 }
 
+/// A number as written, in scientific notation where that would be unreadable.
+fn number(v: f64) -> String {
+    if v.abs() < 1e6 {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
+/// A coordinate with 6 decimals, in scientific notation where that would be unreadable.
+fn coordinate(v: f64) -> String {
+    if v.abs() < 1e6 {
+        format!("{v:.6}")
+    } else {
+        format!("{v:.6e}")
+    }
+}
+
 fn parse_common(c: &Common) -> Result<(Loss, Method)> {
     let loss: Loss = c.loss.parse()?;
     let method: Method = c.method.parse()?;
@@ -125,13 +144,26 @@ pub fn run(command: ToyCommand) -> Result<()> {
             let (loss, method) = parse_common(&a.common)?;
             let start = parse_pair("start", &a.start)?;
             let c = &a.common;
-            let t: Trajectory = sim::run(loss, method, &c.params, c.rho, c.lr, c.steps, start)?;
+            if a.trajectory {
+                // Every iterate: three points' worth of f64 plus its JSON text.
+                limits::ensure_fits(c.steps as f64 * 128.0, &format!("--steps {}", c.steps))?;
+            }
+            let t: Trajectory = sim::run_keeping(
+                loss,
+                method,
+                &c.params,
+                c.rho,
+                c.lr,
+                c.steps,
+                start,
+                a.trajectory,
+            )?;
             let last = t.last();
             if c.json {
                 let mut v = json!({
                     "loss_name": loss.name(), "method": method.name(), "rho": c.rho, "lr": c.lr,
-                    "steps": c.steps, "start": start, "final": last, "loss": loss.value(last), "diverged_at": t.diverged_at,
-                    "params": c.params,
+                    "steps": c.steps, "steps_done": t.steps_done, "start": start, "final": last,
+                    "loss": loss.value(last), "diverged_at": t.diverged_at, "params": c.params,
                 });
                 if a.trajectory {
                     v["trajectory"] = json!(t.points);
@@ -139,14 +171,19 @@ pub fn run(command: ToyCommand) -> Result<()> {
                 }
                 println!("{v}");
             } else {
+                let stopped = match t.diverged_at {
+                    Some(step) => format!(
+                        "diverged at step {step} (non-finite loss or gradient; last finite iterate)"
+                    ),
+                    None => format!("after {} steps", t.steps_done),
+                };
                 println!(
-                    "{} on {}: {:?} -> [{:.6}, {:.6}] after {} steps, loss {:.6e}",
+                    "{} on {}: {:?} -> [{}, {}] {stopped}, loss {:.6e}",
                     method.display_name(),
                     loss,
                     start,
-                    last[0],
-                    last[1],
-                    c.steps,
+                    coordinate(last[0]),
+                    coordinate(last[1]),
                     loss.value(last)
                 );
             }
@@ -157,9 +194,12 @@ pub fn run(command: ToyCommand) -> Result<()> {
             if !(lo < hi) || a.grid == 0 {
                 bail!("--range needs lo < hi and --grid at least 1");
             }
+            // Per start: the start, the final point and a short trajectory, plus their JSON text.
+            let n = a.grid as f64;
+            limits::ensure_fits(n * n * 256.0, &format!("--grid {}", a.grid))?;
             let c = &a.common;
             let starts = sim::grid_starts(a.grid, lo, hi);
-            let runs = sim::run_many(
+            let runs = sim::run_many_keeping(
                 loss,
                 method,
                 &c.params,
@@ -168,25 +208,30 @@ pub fn run(command: ToyCommand) -> Result<()> {
                 c.steps,
                 &starts,
                 &|| {},
+                false,
             )?;
             let finals: Vec<[f64; 2]> = runs.iter().map(Trajectory::last).collect();
             let near_saddle = sim::fraction_near_saddle(&finals);
             let near_flat = sim::fraction_near_flattest(&finals);
+            let diverged = runs.iter().filter(|t| t.diverged_at.is_some()).count();
             if c.json {
                 let v = json!({
                     "loss_name": loss.name(), "method": method.name(), "rho": c.rho, "lr": c.lr,
                     "steps": c.steps, "grid": a.grid, "range": [lo, hi], "starts": starts,
                     "finals": finals, "fraction_near_saddle": near_saddle,
-                    "fraction_near_flattest": near_flat, "diverged": runs.iter().filter(|t| t.diverged_at.is_some()).count(), "near_radius": sim::NEAR, "params": c.params,
+                    "fraction_near_flattest": near_flat, "diverged": diverged, "near_radius": sim::NEAR, "params": c.params,
                 });
                 println!("{v}");
             } else {
                 println!(
-                    "{} on {}, {}x{} grid on [{lo}, {hi}]²: {:.0}% end within {} of the saddle (0,0), {:.0}% within {} of (±1,±1)",
+                    "{} on {}, {}x{} grid on [{}, {}]²: {diverged} of {} runs diverged (their last finite iterate counts); {:.0}% end within {} of the saddle (0,0), {:.0}% within {} of (±1,±1)",
                     method.display_name(),
                     loss,
                     a.grid,
                     a.grid,
+                    number(lo),
+                    number(hi),
+                    runs.len(),
                     100.0 * near_saddle,
                     sim::NEAR,
                     100.0 * near_flat,
@@ -199,15 +244,23 @@ pub fn run(command: ToyCommand) -> Result<()> {
             let method: Method = a.method.parse()?;
             let at = parse_pair("at", &a.at)?;
             let s = sim::stability(loss, method, a.rho, at)?;
+            let finite = s.eigenvalues.iter().flatten().all(|v| v.is_finite());
             if a.json {
                 let v = json!({
                     "loss_name": loss.name(), "method": method.name(), "rho": a.rho, "at": at,
                     "gradient": s.gradient, "rho_tilde": s.rho_tilde, "perturbed": s.perturbed,
                     "matrix": s.matrix,
                     "eigenvalues": s.eigenvalues.iter().map(|e| json!({"re": e[0], "im": e[1]})).collect::<Vec<_>>(),
-                    "stable": s.eigenvalues.iter().all(|e| e[0] > 0.0),
+                    "finite": finite,
+                    "stable": finite && s.eigenvalues.iter().all(|e| e[0] > 0.0),
                 });
                 println!("{v}");
+            } else if !finite {
+                println!(
+                    "A_rho at {at:?} ({}, rho {}): not finite (the loss or its derivatives overflow at θ or at the perturbed point) -> undefined, not stable",
+                    method.display_name(),
+                    a.rho
+                );
             } else {
                 let [l1, l2] = s.eigenvalues;
                 println!(

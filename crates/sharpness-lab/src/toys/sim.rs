@@ -23,6 +23,8 @@ pub struct Trajectory {
     /// The step at which the loss or a gradient became non-finite (the run stops there and
     /// `points` ends at the last finite iterate).
     pub diverged_at: Option<usize>,
+    /// Steps actually taken (fewer than asked when the run diverged).
+    pub steps_done: usize,
 }
 
 impl Trajectory {
@@ -44,7 +46,7 @@ pub fn check_settings(rho: f64, lr: f64) -> Result<()> {
 }
 
 /// Runs `steps` steps of `method` (plain SGD base, no momentum or weight decay, as spec §9.1)
-/// with constant ρ from `start`.
+/// with constant ρ from `start`, keeping every iterate.
 pub fn run(
     loss: Loss,
     method: Method,
@@ -53,6 +55,22 @@ pub fn run(
     lr: f64,
     steps: usize,
     start: [f64; 2],
+) -> Result<Trajectory> {
+    run_keeping(loss, method, params, rho, lr, steps, start, true)
+}
+
+/// As [`run`]; without `keep_iterates` the trajectory holds only the start and the last iterate
+/// (`points`, `losses`) and no applied gradients, so memory does not grow with `steps`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_keeping(
+    loss: Loss,
+    method: Method,
+    params: &MethodParams,
+    rho: f64,
+    lr: f64,
+    steps: usize,
+    start: [f64; 2],
+    keep_iterates: bool,
 ) -> Result<Trajectory> {
     check_settings(rho, lr)?;
     let device = device();
@@ -69,6 +87,7 @@ pub fn run(
         losses: vec![loss.value(start)],
         applied_gradients: vec![],
         diverged_at: None,
+        steps_done: 0,
     };
     for step in 0..steps {
         let out = match optimizer.step(&point, lr, &mut objective) {
@@ -87,11 +106,18 @@ pub fn run(
         };
         point = out.model;
         let next = point.theta();
-        traj.applied_gradients
-            .push([(theta[0] - next[0]) / lr, (theta[1] - next[1]) / lr]);
-        traj.points.push(next);
-        traj.losses.push(loss.value(next));
+        if keep_iterates {
+            traj.applied_gradients
+                .push([(theta[0] - next[0]) / lr, (theta[1] - next[1]) / lr]);
+            traj.points.push(next);
+            traj.losses.push(loss.value(next));
+        }
         theta = next;
+        traj.steps_done = step + 1;
+    }
+    if !keep_iterates && traj.steps_done > 0 {
+        traj.points.push(theta);
+        traj.losses.push(loss.value(theta));
     }
     Ok(traj)
 }
@@ -109,6 +135,22 @@ pub fn run_many(
     starts: &[[f64; 2]],
     on_done: &(dyn Fn() + Sync),
 ) -> Result<Vec<Trajectory>> {
+    run_many_keeping(loss, method, params, rho, lr, steps, starts, on_done, true)
+}
+
+/// As [`run_many`], keeping iterates only when `keep_iterates` (see [`run_keeping`]).
+#[allow(clippy::too_many_arguments)]
+pub fn run_many_keeping(
+    loss: Loss,
+    method: Method,
+    params: &MethodParams,
+    rho: f64,
+    lr: f64,
+    steps: usize,
+    starts: &[[f64; 2]],
+    on_done: &(dyn Fn() + Sync),
+    keep_iterates: bool,
+) -> Result<Vec<Trajectory>> {
     check_settings(rho, lr)?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -125,7 +167,17 @@ pub fn run_many(
                         let Some(start) = starts.get(i) else {
                             break done;
                         };
-                        done.push((i, run(loss, method, params, rho, lr, steps, *start)));
+                        let t = run_keeping(
+                            loss,
+                            method,
+                            params,
+                            rho,
+                            lr,
+                            steps,
+                            *start,
+                            keep_iterates,
+                        );
+                        done.push((i, t));
                         on_done();
                     }
                 })

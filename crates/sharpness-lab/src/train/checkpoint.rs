@@ -29,6 +29,10 @@ pub struct CheckpointMeta {
     /// so that it reads back bit for bit, and a resumed run must report exactly what an
     /// uninterrupted one does).
     pub metrics: Vec<EpochMetrics>,
+    /// SHA-256 of the verified training data ([`crate::data::Dataset::sha256`]); a resume on
+    /// other data is refused. `None`: unverified data (or a checkpoint older than this field).
+    #[serde(default)]
+    pub data_sha256: Option<String>,
 }
 
 /// A decoded checkpoint.

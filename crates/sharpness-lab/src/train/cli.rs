@@ -2,24 +2,28 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::{RunOptions, TrainConfig};
-use crate::data;
 use crate::experiments::table::{self, TableConfig};
 use crate::methods::Method;
 use crate::models::ModelKind;
+use crate::{data, limits, outdir};
 
 /// `sharpness-lab train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A TOML configuration (keys as the flags, with underscores); it replaces the flags below.
-    #[arg(long)]
+    /// A TOML configuration (keys as the flags, with underscores); the run's flags cannot be
+    /// given with it.
+    #[arg(long, conflicts_with_all = super::config::FLAG_IDS)]
     pub config: Option<PathBuf>,
     /// Run directory: config.toml, metrics.csv, metrics.json, checkpoint.bin.
     #[arg(long, default_value = "results/train")]
     pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
     /// Continue the run in `--out` from its checkpoint (bit-identical to an uninterrupted run).
     #[arg(long)]
     pub resume: bool,
@@ -39,11 +43,19 @@ pub struct TrainArgs {
 
 /// Runs `sharpness-lab train`.
 pub fn train(args: TrainArgs) -> Result<()> {
-    let config = match &args.config {
+    let given = match &args.config {
         Some(path) => TrainConfig::from_toml_file(path)?,
         None => args.train.clone(),
     };
-    config.validate()?;
+    given.validate()?;
+    let config = given.normalised();
+    if config.rho != given.rho {
+        eprintln!(
+            "note: {} does not use ρ; the run records rho = {}",
+            config.method, config.rho
+        );
+    }
+    let _run_dir = outdir::claim(&args.out, args.force_out)?;
     let cache = args.cache.clone().unwrap_or_else(data::default_cache_dir);
     let dataset = super::load_data(&config, &cache)?;
     let options = RunOptions {
@@ -81,6 +93,9 @@ pub struct TableArgs {
     /// Output directory.
     #[arg(long, default_value = "results/table")]
     pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
     /// Data cache (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -132,6 +147,8 @@ pub fn table(args: TableArgs) -> Result<()> {
     if let Some(limit) = args.train_limit {
         config.train_limit = (limit > 0).then_some(limit);
     }
+    config.validate()?;
+    let _run_dir = outdir::claim(&args.out, args.force_out)?;
     eprintln!(
         "table preset `{}`: {} runs → {}",
         config.preset,
@@ -169,7 +186,12 @@ pub fn data(command: DataCommand) -> Result<()> {
         }
         DataCommand::Verify { cache } => {
             let cache = cache.unwrap_or_else(data::default_cache_dir);
-            data::verify_cache(&cache)?;
+            data::verify_cache(&cache).with_context(|| {
+                format!(
+                    "the cache does not hold the recorded data; fetch it with `{}`",
+                    data::fetch_command(&cache)
+                )
+            })?;
             println!(
                 "all data files in {} match the recorded sums",
                 cache.display()
@@ -207,6 +229,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be ≥ 1");
     }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be ≥ 1");
+    }
+    // The synthetic training set: 4 batches of f32 images.
+    let data_bytes = 4.0 * args.batch_size as f64 * (4 * crate::data::IMAGE_PIXELS) as f64;
+    let width = TrainConfig::default().width;
+    limits::ensure_training_fits(args.model, width, args.batch_size, data_bytes)?;
+    outdir::check_output_file(&args.out, "--out")?;
     let mut methods = vec![Method::Gd];
     methods.extend(
         args.methods
@@ -226,9 +256,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         eprintln!("note: debug build; measure with --release");
     }
     println!("{}", super::bench::markdown(&report));
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     crate::report::write_atomic(&args.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())

@@ -117,9 +117,10 @@ pub fn device() -> Device {
     Device::flex().autodiff()
 }
 
-/// Loads the configuration's dataset from the cache (applying `train_limit`/`test_limit`).
+/// Loads the configuration's dataset from the cache after verifying it against the recorded sums
+/// (applying `train_limit`/`test_limit`).
 pub fn load_data(config: &TrainConfig, cache: &Path) -> Result<Dataset> {
-    let mut dataset = data::load(config.dataset, config.variant, cache, config.data_seed)?;
+    let mut dataset = data::load_verified(config.dataset, config.variant, cache, config.data_seed)?;
     limit(&mut dataset, config);
     Ok(dataset)
 }
@@ -146,6 +147,12 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
         dataset
     };
     let train = &dataset.train;
+    if dataset.test.n == 0 {
+        bail!(
+            "the test set of {} is empty: there is nothing to measure",
+            dataset.tag()
+        );
+    }
     let steps_per_epoch = train.n / config.batch_size;
     if steps_per_epoch == 0 {
         bail!(
@@ -175,10 +182,37 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
         let ckpt = Checkpoint::load(&checkpoint_path)?;
         if ckpt.meta.config_toml != config_toml {
             bail!(
-                "cannot resume {}: the checkpoint was written with another configuration \
-                 (see {}); use the same configuration or another --out",
+                "cannot resume {}: the checkpoint was written with another configuration; to \
+                 continue it, pass its saved configuration: `--resume --out {} --config {}` \
+                 (or choose another --out for this one)",
                 checkpoint_path.display(),
+                out.display(),
                 out.join(CONFIG_FILE).display()
+            );
+        }
+        check_counters(&ckpt.meta, config)
+            .and_then(|()| {
+                let expected = (ckpt.meta.epochs_done * steps_per_epoch) as u64;
+                if ckpt.meta.steps != expected {
+                    bail!(
+                        "{} steps recorded, {} epochs of {steps_per_epoch} steps are {expected}",
+                        ckpt.meta.steps,
+                        ckpt.meta.epochs_done
+                    );
+                }
+                Ok(())
+            })
+            .with_context(|| format!("checkpoint {} is inconsistent", checkpoint_path.display()))?;
+        if ckpt.meta.data_sha256.is_some() && ckpt.meta.data_sha256 != dataset.sha256 {
+            bail!(
+                "cannot resume {}: it was trained on data with sha256 {}, the data now is {}; \
+                 resume with the same data or start the run again",
+                checkpoint_path.display(),
+                ckpt.meta.data_sha256.as_deref().unwrap_or("?"),
+                dataset
+                    .sha256
+                    .as_deref()
+                    .unwrap_or("unverified (built in memory)")
             );
         }
         let model_bytes = ckpt.model.into_bytes()?;
@@ -206,9 +240,11 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
         metrics = ckpt.meta.metrics;
     } else if checkpoint_path.exists() {
         bail!(
-            "{} already holds a run (checkpoint {}); pass --resume to continue it or choose another --out",
+            "{} already holds a run (checkpoint {}); pass --resume to continue it (with its \
+             configuration: --config {}) or choose another --out",
             out.display(),
-            checkpoint_path.display()
+            checkpoint_path.display(),
+            out.join(CONFIG_FILE).display()
         );
     }
     write_atomic(&out.join(CONFIG_FILE), config_toml.as_bytes())?;
@@ -287,6 +323,7 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
                 epochs_done: epoch + 1,
                 steps: optimizer.steps(),
                 metrics: metrics.clone(),
+                data_sha256: dataset.sha256.clone(),
             },
             model: StateRecord::from_bytes(model_bytes(&model)?)?,
             optimizer: optimizer.state_record()?,
@@ -298,6 +335,33 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
         model,
         steps: optimizer.steps(),
     })
+}
+
+/// Refuses a checkpoint whose counters disagree with its metrics or its configuration.
+pub fn check_counters(meta: &CheckpointMeta, config: &TrainConfig) -> Result<()> {
+    if meta.epochs_done != meta.metrics.len() {
+        bail!(
+            "{} epochs done but metrics of {} epochs",
+            meta.epochs_done,
+            meta.metrics.len()
+        );
+    }
+    if meta.epochs_done > config.epochs {
+        bail!(
+            "{} epochs done, more than the configured {}",
+            meta.epochs_done,
+            config.epochs
+        );
+    }
+    if let Some((i, m)) = meta
+        .metrics
+        .iter()
+        .enumerate()
+        .find(|(i, m)| m.epoch != i + 1)
+    {
+        bail!("metrics row {} is for epoch {}", i + 1, m.epoch);
+    }
+    Ok(())
 }
 
 /// The model's record as bytes; `valid()` first, so that BatchNorm's lazily applied running

@@ -39,6 +39,7 @@ pub fn tiny_dataset(n_train: usize, n_test: usize) -> Dataset {
         name: DatasetName::Mnist,
         variant: Variant::Full,
         label_noise: None,
+        sha256: None,
     }
 }
 
