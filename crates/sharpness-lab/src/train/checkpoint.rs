@@ -99,10 +99,13 @@ impl Checkpoint {
     }
 }
 
-/// The SHA-256 (hex) of every tensor, scalar and metadata entry of `record`, in order.
+/// The SHA-256 (hex) of every tensor, scalar and metadata entry of `record`, in name order
+/// (burnpack does not keep the order in which tensors were written).
 fn digest(record: &StateRecord) -> Result<String> {
     let mut hasher = Sha256::new();
-    for (name, bytes) in record.tensor_bytes()? {
+    let mut tensors = record.tensor_bytes()?;
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, bytes) in tensors {
         hasher.update(name.as_bytes());
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes[..]);
