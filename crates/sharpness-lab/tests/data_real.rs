@@ -1,25 +1,22 @@
-//! Checks against the real datasets in the cache. When the cache is missing (as on
-//! CI) each test prints a note and passes: fetch with
-//! `cargo run --release -p sharpness-lab -- data fetch`.
+//! Checks against the real datasets in the cache. They need the data, so they are ignored by
+//! default (CI has no cache); `cargo test -p sharpness-lab --test data_real -- --ignored` fetches
+//! the data (`fetch_real_data`) and runs them, and each fails if its dataset is missing.
 
 use std::path::PathBuf;
 
 use sharpness_lab::data::{self, DatasetName, Variant, idx};
 
-/// The cache directory if `name` is fully present there, else `None` (with a note).
-fn cache_with(name: DatasetName) -> Option<PathBuf> {
+/// The cache directory, which must hold every file of `name`.
+fn cache_with(name: DatasetName) -> PathBuf {
     let cache = data::default_cache_dir();
     let dir = cache.join(name.dir_name());
-    if name.file_names().iter().all(|f| dir.join(f).is_file()) {
-        Some(cache)
-    } else {
-        eprintln!(
-            "note: {name} not in {}; skipping real-data test (run `{}`)",
-            cache.display(),
-            data::FETCH_COMMAND
-        );
-        None
-    }
+    assert!(
+        name.file_names().iter().all(|f| dir.join(f).is_file()),
+        "{name} is not in {}: run `{}` first",
+        cache.display(),
+        data::FETCH_COMMAND
+    );
+    cache
 }
 
 /// Mean and standard deviation of the pixels scaled to `[0, 1]`.
@@ -43,10 +40,9 @@ fn histogram(labels: &[u8]) -> Vec<usize> {
 }
 
 #[test]
+#[ignore = "needs MNIST and Fashion-MNIST in the cache (`sharpness-lab data fetch`)"]
 fn real_mnist_counts_histogram_and_pixel_statistics() {
-    let Some(cache) = cache_with(DatasetName::Mnist) else {
-        return;
-    };
+    let cache = cache_with(DatasetName::Mnist);
     let ds = data::load(DatasetName::Mnist, Variant::Full, &cache, 0).unwrap();
     assert_eq!((ds.train.n, ds.test.n), (60_000, 10_000));
     assert_eq!(ds.train.images.len(), 60_000 * 784);
@@ -69,10 +65,9 @@ fn real_mnist_counts_histogram_and_pixel_statistics() {
 }
 
 #[test]
+#[ignore = "needs MNIST and Fashion-MNIST in the cache (`sharpness-lab data fetch`)"]
 fn real_fashion_mnist_is_balanced_with_published_statistics() {
-    let Some(cache) = cache_with(DatasetName::FashionMnist) else {
-        return;
-    };
+    let cache = cache_with(DatasetName::FashionMnist);
     let ds = data::load(DatasetName::FashionMnist, Variant::Full, &cache, 0).unwrap();
     assert_eq!(histogram(&ds.train.labels), vec![6000; 10]);
     assert_eq!(histogram(&ds.test.labels), vec![1000; 10]);
@@ -89,10 +84,9 @@ fn real_fashion_mnist_is_balanced_with_published_statistics() {
 }
 
 #[test]
+#[ignore = "needs MNIST and Fashion-MNIST in the cache (`sharpness-lab data fetch`)"]
 fn real_variants_have_protocol_sizes() {
-    let Some(cache) = cache_with(DatasetName::Mnist) else {
-        return;
-    };
+    let cache = cache_with(DatasetName::Mnist);
     let small = data::load(DatasetName::Mnist, Variant::Small, &cache, 0).unwrap();
     assert_eq!(small.train.n, 6_000);
     assert_eq!(small.test.n, 10_000);
@@ -101,15 +95,10 @@ fn real_variants_have_protocol_sizes() {
 }
 
 #[test]
+#[ignore = "needs MNIST and Fashion-MNIST in the cache (`sharpness-lab data fetch`)"]
 fn fetch_is_a_no_op_on_a_verified_cache() {
     let cache = data::default_cache_dir();
-    if data::verify_cache(&cache).is_err() {
-        eprintln!(
-            "note: cache {} incomplete; skipping fetch idempotency test",
-            cache.display()
-        );
-        return;
-    }
+    data::verify_cache(&cache).expect("a complete, verified cache");
     let mut lines = Vec::new();
     data::fetch_all(&cache, &mut |l: &str| lines.push(l.to_owned())).unwrap();
     assert_eq!(lines.len(), 1, "{lines:?}");

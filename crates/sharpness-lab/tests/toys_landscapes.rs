@@ -1,4 +1,4 @@
-//! The toy landscapes of the Monge SAM paper (spec §9.1–9.2), run through the library.
+//! The toy landscapes of the Monge SAM paper (`docs/algorithms.md` §9.1–9.2), run through the library.
 
 use sharpness_lab::methods::{Method, MethodParams};
 use sharpness_lab::toys::loss::{Loss, autodiff_gradient, device, hessian};

@@ -1,5 +1,5 @@
 //! The explicit-bias experiment of the universal-SAM paper (Tahmasebi et al., ICML 2024, Fig. 2;
-//! spec §7.5): train a 6-layer ReLU MLP on MNIST with Frob-SAM (and Trace-SAM) for a range of λ
+//! `docs/algorithms.md` §7.5): train a 6-layer ReLU MLP on MNIST with Frob-SAM (and Trace-SAM) for a range of λ
 //! and follow the sharpness measure each one biases towards — ‖∇²L‖²_F (and tr ∇²L) of the
 //! first 1 280 training examples, evaluated after every epoch with the library's
 //! [`sharpness::measure`] — next to the test accuracy. The paper's claim: the Frobenius norm
@@ -11,7 +11,7 @@
 //! shared; we follow the paper's description (six distinct Linear layers).
 //! Training: momentum SGD (lr 10⁻³, momentum 0.9, dampening 0, no weight decay), batch 128,
 //! constant learning rate, ρ = 0.01; Frob-SAM with m = 2 Gaussian samples; Trace-SAM with m = 1
-//! per-coordinate Gaussian samples (what the reference code ran; spec §7.3).
+//! per-coordinate Gaussian samples (what the reference code ran; `docs/algorithms.md` §7.3).
 //! Measures: [`Hessian`] in evaluation mode and `f64`, central differences with h = 10⁻⁵,
 //! Gaussian probes for ‖H‖²_F = E‖Hv‖², Rademacher probes for tr H = E vᵀHv.
 

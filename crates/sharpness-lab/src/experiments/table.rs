@@ -110,7 +110,7 @@ impl TableConfig {
         }
     }
 
-    /// The training configuration of one cell: spec §7.4's protocol and the methods' published
+    /// The training configuration of one cell: `docs/algorithms.md` §7.4's protocol and the methods' published
     /// hyperparameters (see the report's "Choices" paragraph, [`CHOICES`]).
     pub fn train_config(
         &self,
@@ -253,11 +253,11 @@ CPU backend (`sharpness-lab bench`: ≈ 2 200 examples/s for SGD against ≈ 70 
 leave well under one epoch per run. Measured: the full preset took ≈ 33 min on the 2 cores of the \
 development machine (1 973 s of training steps for the 180 runs, release build), against a budget of 2 h. \
 A reduced or quick preset states its training-set limit in the caption above.
-* **Base optimizer** (spec §7.4): SGD, momentum 0.9 (dampening 0), weight decay 5e-4, batch 128 with the \
+* **Base optimizer** (`docs/algorithms.md` §7.4): SGD, momentum 0.9 (dampening 0), weight decay 5e-4, batch 128 with the \
 last incomplete batch dropped. Learning rate multiplied by 0.1 at 25%, 50% and 75% of the epochs (the \
 paper's milestones 50|100|150 of 200, scaled). Initial learning rate 0.05 (the paper's 0.1 is for \
 ResNet-18 with BatchNorm; an MLP without normalisation is less stable at 0.1 with momentum 0.9).
-* **ρ and method hyperparameters** (the universal-class paper's baselines for CIFAR-10, spec §1–§7.4): \
+* **ρ and method hyperparameters** (the universal-class paper's baselines for CIFAR-10, `docs/algorithms.md` §1–§7.4): \
 SAM ρ = 0.05; ASAM ρ = 0.5, η = 0.01 (weights only, the official scope); Fisher SAM ρ = 0.1, η = 1; \
 M-SAM ρ = 0.05 (as SAM, its Euclidean radius is ≤ ρ); SSAM-F ρ = 0.1, sparsity 0.5, 16 single-example \
 draws per Fisher mask, mask refreshed once per epoch (the reference's update_freq = 1 epoch); infoSAM \

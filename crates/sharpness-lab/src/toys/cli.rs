@@ -16,7 +16,7 @@ pub enum ToyCommand {
     Run(RunArgs),
     /// Runs from every point of an n×n grid.
     Grid(GridArgs),
-    /// The stability matrix A_ρ(θ) of spec §9.2 at one point.
+    /// The stability matrix A_ρ(θ) of `docs/algorithms.md` §9.2 at one point.
     Stability(StabilityArgs),
 }
 

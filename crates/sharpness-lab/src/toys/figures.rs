@@ -79,7 +79,7 @@ fn pct(x: f64) -> String {
     format!("{:.0}%", 100.0 * x)
 }
 
-/// The 2-cycle amplitude a of ℓ = θ² (spec §9.1): SAM a = αρ/(1 − α); M-SAM solves
+/// The 2-cycle amplitude a of ℓ = θ² (`docs/algorithms.md` §9.1): SAM a = αρ/(1 − α); M-SAM solves
 /// a(1 − α)√(1 + 4a²) = αρ (bisection).
 pub fn paraboloid_cycle(method: Method, lr: f64, rho: f64) -> f64 {
     match method {
@@ -148,7 +148,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
     let mut claims: Vec<Vec<String>> = vec![];
 
     body.push_str(
-        "Toy landscapes of Jacobsen & Arvanitidis (2025), Figures 1–5 (spec §9.1–9.2). Every toy is a Burn module with \
+        "Toy landscapes of Jacobsen & Arvanitidis (2025), Figures 1–5 (`docs/algorithms.md` §9.1–9.2). Every toy is a Burn module with \
          one 2-element `f64` parameter, stepped by the library's `SharpnessAware::step` with a plain-SGD base (no momentum, \
          no weight decay); methods come from the lab's registry with library defaults (ASAM η = 0.01, Fisher η = 1, \
          SSAM-F with one Fisher draw since a deterministic toy has one example, universal class λ = 1).\n\n",
@@ -465,7 +465,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
     .save(&dir.join("fig3_paraboloid"))?;
     write_atomic(&dir.join("fig3_iterates.csv"), &csv_bytes(&rows)?)?;
     summary.insert("fig3".into(), json!(fig3));
-    body.push_str("### Fig. 3 — conservativeness on θ²\n\n![Fig. 3](toys/fig3_paraboloid.png)\n\nθ₀ = 0.5 (not stated in the paper; spec §9.1). The paraboloid is run as ℓ(θ₁, θ₂) = θ₁² with an inert θ₂ (column `y` of `toys/fig3_iterates.csv` holds the learning rate).\n\n");
+    body.push_str("### Fig. 3 — conservativeness on θ²\n\n![Fig. 3](toys/fig3_paraboloid.png)\n\nθ₀ = 0.5 (not stated in the paper; `docs/algorithms.md` §9.1). The paraboloid is run as ℓ(θ₁, θ₂) = θ₁² with an inert θ₂ (column `y` of `toys/fig3_iterates.csv` holds the learning rate).\n\n");
 
     // ---------------- Fig. 4 ----------------
     let xs = sim::linspace(-3.0, 3.0, FIG4_GRID);

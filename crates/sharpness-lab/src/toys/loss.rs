@@ -1,4 +1,4 @@
-//! The toy losses of the Monge SAM paper (spec §9.1), as Burn modules and in closed form.
+//! The toy losses of the Monge SAM paper (`docs/algorithms.md` §9.1), as Burn modules and in closed form.
 //!
 //! A toy loss is evaluated on a [`Point`], a Burn module with a single 2-element `f64`
 //! parameter, so that toys run through exactly the optimizer code that trains networks. The
@@ -84,7 +84,7 @@ impl Loss {
         }
     }
 
-    /// The banana's analytic Hessian (spec §9.1); `None` for the other losses.
+    /// The banana's analytic Hessian (`docs/algorithms.md` §9.1); `None` for the other losses.
     pub fn analytic_hessian(self, t: [f64; 2]) -> Option<[[f64; 2]; 2]> {
         match self {
             Loss::Banana => {

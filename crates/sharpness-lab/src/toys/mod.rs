@@ -1,4 +1,4 @@
-//! The toy landscapes of the Monge SAM paper (Figures 1–5; spec §9.1–9.2), run through the
+//! The toy landscapes of the Monge SAM paper (Figures 1–5; `docs/algorithms.md` §9.1–9.2), run through the
 //! library's optimizer exactly like a network: see [`loss`] for the losses, [`sim`] for runs and
 //! the stability matrix, [`cli`] for `sharpness-lab toy`, [`figures`] for `reproduce`.
 

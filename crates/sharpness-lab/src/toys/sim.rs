@@ -1,5 +1,5 @@
 //! Running toy optimizations through the library's [`SharpnessAware`] step, and the stability
-//! matrix A_ρ(θ) of spec §9.2.
+//! matrix A_ρ(θ) of `docs/algorithms.md` §9.2.
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -45,7 +45,7 @@ pub fn check_settings(rho: f64, lr: f64) -> Result<()> {
     Ok(())
 }
 
-/// Runs `steps` steps of `method` (plain SGD base, no momentum or weight decay, as spec §9.1)
+/// Runs `steps` steps of `method` (plain SGD base, no momentum or weight decay, as `docs/algorithms.md` §9.1)
 /// with constant ρ from `start`, keeping every iterate.
 pub fn run(
     loss: Loss,
@@ -281,10 +281,10 @@ pub struct Stability {
     pub eigenvalues: [Complex; 2],
 }
 
-/// The methods whose perturbation is ρ̃∇ℓ, for which A_ρ is defined (spec §9.2).
+/// The methods whose perturbation is ρ̃∇ℓ, for which A_ρ is defined (`docs/algorithms.md` §9.2).
 pub const STABILITY_METHODS: [Method; 3] = [Method::Gd, Method::Sam, Method::Msam];
 
-/// A_ρ(θ) of spec §9.2 for `method` ∈ {gd, sam, msam}. The perturbation δ comes from the
+/// A_ρ(θ) of `docs/algorithms.md` §9.2 for `method` ∈ {gd, sam, msam}. The perturbation δ comes from the
 /// library's own `perturb::perturbation`, ρ̃ = ‖δ‖/‖∇ℓ‖ is held constant (its derivative is
 /// ignored, as in the paper), Hessians are central differences of autodiff gradients.
 pub fn stability(loss: Loss, method: Method, rho: f64, theta: [f64; 2]) -> Result<Stability> {
@@ -321,7 +321,7 @@ pub fn stability_with(
             [d[0], d[1]]
         }
         other => bail!(
-            "stability is defined for gd, sam and msam (perturbation ρ̃∇ℓ, spec §9.2), not `{}`",
+            "stability is defined for gd, sam and msam (perturbation ρ̃∇ℓ, `docs/algorithms.md` §9.2), not `{}`",
             other.name()
         ),
     };
