@@ -650,7 +650,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
         ),
     ]);
     summary.insert("fig4".into(), json!({"rhos": FIG4_RHOS, "grid": FIG4_GRID, "range": [-3.0, 3.0], "hessian": "central differences of autodiff gradients, h = 1e-5", "results": fig4}));
-    body.push_str(&format!("### Fig. 4 — stability maps\n\n![Fig. 4](toys/fig4_stability.png)\n\nA_ρ(θ) = (∇²ℓ(θ+ρ̃∇ℓ)[I+ρ̃∇²ℓ(θ)])ᵀ on a {FIG4_GRID}×{FIG4_GRID} grid of [−3,3]², ρ ∈ {{{}}} (the paper does not state its values; ρ = 0 is GD and is the same for both rows). δ = ρ̃∇ℓ is the library's own perturbation (`TwoPass::perturbation`), ρ̃ = ‖δ‖/‖∇ℓ‖; Hessians are central differences (h = 1e-5) of autodiff gradients. The black square is [−1,1]² (reference). Panel titles: share of grid points with λ₂ > 0 within 0.5 of the saddle / of the flattest minima. Data: `toys/fig4_stability.csv`.\n\n", FIG4_RHOS.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")));
+    body.push_str(&format!("### Fig. 4 — stability maps\n\n![Fig. 4](toys/fig4_stability.png)\n\nA_ρ(θ) = (∇²ℓ(θ+ρ̃∇ℓ)[I+ρ̃∇²ℓ(θ)])ᵀ on a {FIG4_GRID}×{FIG4_GRID} grid of [−3,3]², ρ ∈ {{{}}} (the paper does not state its values; ρ = 0 is GD and is the same for both rows). δ = ρ̃∇ℓ is the library's own perturbation (`perturb::perturbation`), ρ̃ = ‖δ‖/‖∇ℓ‖; Hessians are central differences (h = 1e-5) of autodiff gradients. The black square is [−1,1]² (reference). Panel titles: share of grid points with λ₂ > 0 within 0.5 of the saddle / of the flattest minima. Data: `toys/fig4_stability.csv`.\n\n", FIG4_RHOS.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")));
 
     // Equilibrium criterion at the saddle (eq. 11).
     let device = device();
