@@ -284,6 +284,16 @@ fn plain_gd_records_the_rho_it_uses() {
         ..TrainConfig::default()
     };
     assert_eq!(sam.normalised(), sam);
+    // The toys record it too.
+    let dir = tempfile::tempdir().unwrap();
+    for (method, rho) in [("gd", 0.0), ("sam", 0.5)] {
+        let args = [
+            "toy", "run", "--method", method, "--rho", "0.5", "--steps", "3", "--json",
+        ];
+        let out = lab(dir.path(), &args);
+        let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(json["rho"], rho, "{method}: {json}");
+    }
 }
 
 #[test]

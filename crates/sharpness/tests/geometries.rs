@@ -53,14 +53,21 @@ fn reference_epsilon(form: Normalization, rho: f64, g: &[f64], d: &[f64]) -> Vec
     d.iter().map(|x| rho * x / (norm + XI)).collect()
 }
 
-/// Checks ε and w + ε of `geometry` against the reference direction `d`.
-fn check(name: &str, geometry: &impl Preconditioner, g: &ParamSet, w: &ParamSet, d: &[f64]) {
+/// Checks ε and w + ε of `geometry` against the reference direction `d` normalised by the
+/// paper's `form`.
+fn check(
+    name: &str,
+    geometry: &impl Preconditioner,
+    (g, w): (&ParamSet, &ParamSet),
+    form: Normalization,
+    d: &[f64],
+) {
     let tol = match g.iter().next().unwrap().value.dtype() {
         DType::F64 => 1e-12,
         _ => 2e-5,
     };
     let rho = 0.07;
-    let expected = reference_epsilon(geometry.normalization(), rho, &g.to_vec(), d);
+    let expected = reference_epsilon(form, rho, &g.to_vec(), d);
     let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     assert!(scale > 0.0, "{name}: the reference ε is zero");
     let p = perturbation(geometry, rho, g, w);
@@ -91,15 +98,24 @@ fn check(name: &str, geometry: &impl Preconditioner, g: &ParamSet, w: &ParamSet,
     close("ε again", &again, &expected);
 }
 
+/// The paper's form of each method: SAM, ASAM, Fisher and Monge are constraint-preconditioned
+/// (Monge with C g = g/(1+‖g‖²)), infoSAM objective-preconditioned, SSAM gradient-normalised.
 fn all_geometries(g: &ParamSet, w: &ParamSet) {
+    use Normalization::{Constraint, Gradient, Objective};
     let (gv, wv, names) = (g.to_vec(), w.to_vec(), fields(g));
     let gg: f64 = gv.iter().map(|x| x * x).sum();
-    check("sam", &Sam, g, w, &gv);
+    check("sam", &Sam, (g, w), Constraint, &gv);
     let monge: Vec<f64> = gv.iter().map(|x| x / (1.0 + gg)).collect();
-    check("msam", &MongeSam, g, w, &monge);
+    check("msam", &MongeSam, (g, w), Constraint, &monge);
     let eta = 2.0;
     let fisher: Vec<f64> = gv.iter().map(|x| x / (1.0 + eta * x * x)).collect();
-    check("fisher", &FisherSam::new(eta).unwrap(), g, w, &fisher);
+    check(
+        "fisher",
+        &FisherSam::new(eta).unwrap(),
+        (g, w),
+        Constraint,
+        &fisher,
+    );
     for (scope, eta) in [(AsamScope::Weights, 0.01), (AsamScope::All, 0.1)] {
         let asam: Vec<f64> = (0..gv.len())
             .map(|i| {
@@ -111,19 +127,25 @@ fn all_geometries(g: &ParamSet, w: &ParamSet) {
             })
             .collect();
         let name = format!("asam ({scope:?})");
-        check(&name, &Asam::new(eta, scope).unwrap(), g, w, &asam);
+        check(
+            &name,
+            &Asam::new(eta, scope).unwrap(),
+            (g, w),
+            Constraint,
+            &asam,
+        );
     }
     // infoSAM: plain SAM on the first step, then g/(α²(m − g)² + δ) with m the committed average.
     let (alpha, damping) = (0.8, 1e-6);
     let mut info = InfoSam::new(alpha, damping).unwrap();
-    check("infosam (first step)", &info, g, w, &gv);
+    check("infosam (first step)", &info, (g, w), Objective, &gv);
     let first = w.scale(0.5); // any earlier gradient
     info.commit(&first);
     let m = first.to_vec();
     let infosam: Vec<f64> = (0..gv.len())
         .map(|i| gv[i] / (alpha * alpha * (m[i] - gv[i]).powi(2) + damping))
         .collect();
-    check("infosam", &info, g, w, &infosam);
+    check("infosam", &info, (g, w), Objective, &infosam);
     // SSAM: the mask keeps the half of the coordinates with the largest Fisher value (here w²).
     let mut ssam = Ssam::new(0.5, 4, 1).unwrap();
     ssam.set_mask_from_fisher(&w.mul(w));
@@ -133,7 +155,7 @@ fn all_geometries(g: &ParamSet, w: &ParamSet) {
     for &i in &order[..gv.len() / 2] {
         masked[i] = gv[i];
     }
-    check("ssam", &ssam, g, w, &masked);
+    check("ssam", &ssam, (g, w), Gradient, &masked);
 }
 
 #[test]
@@ -181,13 +203,14 @@ impl Preconditioner for SqrtSam {
 
 #[test]
 fn a_user_diagonal_geometry_is_normalised_like_the_built_in_ones() {
+    use Normalization::Objective;
     let g = random_set(9, [300, 10, 4], DType::F64, 1.0);
     let d: Vec<f64> = g
         .to_vec()
         .iter()
         .map(|x| x.signum() * x.abs().sqrt())
         .collect();
-    check("sqrt-sam", &SqrtSam, &g, &g, &d);
+    check("sqrt-sam", &SqrtSam, (&g, &g), Objective, &d);
 }
 
 /// A user's geometry that is not diagonal: C = I + u uᵀ for a fixed vector u, so
@@ -213,12 +236,19 @@ impl Preconditioner for RankOne {
 
 #[test]
 fn a_user_preconditioner_gets_the_constraint_form_closed_form() {
+    use Normalization::Constraint;
     let g = random_set(7, [40, 29, 8], DType::F64, 1.0);
     let u = g.with_values(&normal_values(8, g.num_elements(), 0.1));
     let (gv, uv) = (g.to_vec(), u.to_vec());
     let ug: f64 = gv.iter().zip(&uv).map(|(a, b)| a * b).sum();
     let cg: Vec<f64> = gv.iter().zip(&uv).map(|(g, u)| g + u * ug).collect();
-    check("rank-one", &RankOne { u: u.clone() }, &g, &g, &cg);
+    check(
+        "rank-one",
+        &RankOne { u: u.clone() },
+        (&g, &g),
+        Constraint,
+        &cg,
+    );
     // It lies on its constraint ball: εᵀC⁻¹ε = ρ², i.e. gᵀε = ρ √(gᵀCg).
     let rho = 0.2;
     let eps = perturbation(&RankOne { u }, rho, &g, &g).epsilon().to_vec();

@@ -130,18 +130,21 @@ fn coordinate(v: f64) -> String {
     }
 }
 
-fn parse_common(c: &Common) -> Result<(Loss, Method)> {
+/// The loss, the method and the ρ it actually uses (plain gradient descent has none: 0 is
+/// recorded, whatever `--rho` said).
+fn parse_common(c: &Common) -> Result<(Loss, Method, f64)> {
     let loss: Loss = c.loss.parse()?;
     let method: Method = c.method.parse()?;
     sim::check_settings(c.rho, c.lr)?;
-    Ok((loss, method))
+    let rho = if method == Method::Gd { 0.0 } else { c.rho };
+    Ok((loss, method, rho))
 }
 
 /// Runs a `toy` subcommand, printing its result.
 pub fn run(command: ToyCommand) -> Result<()> {
     match command {
         ToyCommand::Run(a) => {
-            let (loss, method) = parse_common(&a.common)?;
+            let (loss, method, rho) = parse_common(&a.common)?;
             let start = parse_pair("start", &a.start)?;
             let c = &a.common;
             if a.trajectory {
@@ -152,7 +155,7 @@ pub fn run(command: ToyCommand) -> Result<()> {
                 loss,
                 method,
                 &c.params,
-                c.rho,
+                rho,
                 c.lr,
                 c.steps,
                 start,
@@ -161,7 +164,7 @@ pub fn run(command: ToyCommand) -> Result<()> {
             let last = t.last();
             if c.json {
                 let mut v = json!({
-                    "loss_name": loss.name(), "method": method.name(), "rho": c.rho, "lr": c.lr,
+                    "loss_name": loss.name(), "method": method.name(), "rho": rho, "lr": c.lr,
                     "steps": c.steps, "steps_done": t.steps_done, "start": start, "final": last,
                     "loss": loss.value(last), "diverged_at": t.diverged_at, "params": c.params,
                 });
@@ -189,7 +192,7 @@ pub fn run(command: ToyCommand) -> Result<()> {
             }
         }
         ToyCommand::Grid(a) => {
-            let (loss, method) = parse_common(&a.common)?;
+            let (loss, method, rho) = parse_common(&a.common)?;
             let [lo, hi] = parse_pair("range", &a.range)?;
             if !(lo < hi) || a.grid == 0 {
                 bail!("--range needs lo < hi and --grid at least 1");
@@ -203,7 +206,7 @@ pub fn run(command: ToyCommand) -> Result<()> {
                 loss,
                 method,
                 &c.params,
-                c.rho,
+                rho,
                 c.lr,
                 c.steps,
                 &starts,
@@ -216,7 +219,7 @@ pub fn run(command: ToyCommand) -> Result<()> {
             let diverged = runs.iter().filter(|t| t.diverged_at.is_some()).count();
             if c.json {
                 let v = json!({
-                    "loss_name": loss.name(), "method": method.name(), "rho": c.rho, "lr": c.lr,
+                    "loss_name": loss.name(), "method": method.name(), "rho": rho, "lr": c.lr,
                     "steps": c.steps, "grid": a.grid, "range": [lo, hi], "starts": starts,
                     "finals": finals, "fraction_near_saddle": near_saddle,
                     "fraction_near_flattest": near_flat, "diverged": diverged, "near_radius": sim::NEAR, "params": c.params,
