@@ -196,6 +196,13 @@ fn configurations_that_cannot_fit_are_refused_naming_the_flag() {
 }
 
 #[test]
+fn a_width_for_a_network_without_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lab(tmp.path(), &["train", "--model", "cnn", "--width", "512"]);
+    assert_error(&out, "--width 512 sets the MLP's hidden width");
+}
+
+#[test]
 fn toy_runs_keep_iterates_only_when_asked() {
     use sharpness_lab::methods::MethodParams;
     use sharpness_lab::toys::{Loss, sim};

@@ -227,6 +227,13 @@ impl TrainConfig {
         if self.model == ModelKind::Mlp && self.width == 0 {
             bail!("--width must be ≥ 1");
         }
+        if self.model != ModelKind::Mlp && self.width != Self::default().width {
+            bail!(
+                "--width {} sets the MLP's hidden width; the {} has fixed widths (use --model mlp)",
+                self.width,
+                self.model
+            );
+        }
         crate::limits::ensure_training_fits(self.model, self.width, self.batch_size, 0.0)?;
         // The library checks these hyperparameters; the context names the flags.
         self.rho_schedule().context("--rho, --rho-min")?;

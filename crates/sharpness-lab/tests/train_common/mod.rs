@@ -47,7 +47,11 @@ pub fn tiny_dataset(n_train: usize, n_test: usize) -> Dataset {
 pub fn tiny_config(model: ModelKind, method: Method) -> TrainConfig {
     let mut config = TrainConfig {
         model,
-        width: 16,
+        width: if model == ModelKind::Mlp {
+            16
+        } else {
+            TrainConfig::default().width
+        },
         method,
         rho: 0.05,
         lr: 0.05,
