@@ -63,7 +63,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{SharpnessError, check};
 use crate::estimator::Evaluation;
-use crate::params::ParamSet;
+use crate::params::{ParamSet, fresh_copy};
 
 /// The loss of a fixed set of examples, in batches (see the module docs).
 ///
@@ -275,13 +275,13 @@ impl<M: Module, D: DatasetLoss<M>> Hessian<M, D> {
                 "sharpness measure: the dataset has no batch".into(),
             ));
         }
-        // `valid()` copies the running statistics (a clone would share them), `train()` puts the
-        // parameters back on the autodiff device with their `require_grad`.
+        // A copy with running statistics of its own (a clone would share them), its parameters
+        // on the autodiff device with their `require_grad` and autodiff context.
         let mut prepare = Prepare {
             cast: (config.precision == Precision::F64).then_some(DType::F64),
             eval_mode: config.eval_mode,
         };
-        let model = model.valid().train().map(&mut prepare);
+        let model = fresh_copy(model).map(&mut prepare);
         let weights = ParamSet::trainable_weights(&model);
         if weights.is_empty() {
             return Err(SharpnessError::Unsupported(

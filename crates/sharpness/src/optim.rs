@@ -14,7 +14,7 @@ use burn_pack::Scalar;
 
 use crate::error::{SharpnessError, check, check_non_negative};
 use crate::estimator::{Evaluation, GradientEstimator, Oracle, StepContext};
-use crate::params::ParamSet;
+use crate::params::{ParamSet, fresh_copy};
 use crate::state::StateRecord;
 
 /// The loss of the current step's batch, as a function of the model.
@@ -327,7 +327,7 @@ impl SharpnessAware {
         ctx: &StepContext,
     ) -> Result<StepOutput<M>, SharpnessError> {
         // Pass 0 on a copy with its own BatchNorm state (a plain clone would share it).
-        let working = model.valid().train();
+        let working = fresh_copy(model);
         let (at_weights, grad_squared_norm) = evaluate(&working, objective, ctx.step, 0)?;
         if at_weights.grad.is_empty() {
             return Err(SharpnessError::NoGradient { step: ctx.step });
@@ -491,7 +491,7 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
     }
 
     fn evaluate_at(&mut self, weights: &ParamSet) -> Result<Evaluation, SharpnessError> {
-        let perturbed = weights.set_in_module(self.model.valid()).train();
+        let perturbed = weights.set_in_module(fresh_copy(self.model));
         let (evaluation, _) = evaluate(&perturbed, self.objective, self.step, self.passes)?;
         self.passes += 1;
         Ok(Evaluation {
@@ -501,7 +501,7 @@ impl<M: Module, O: Objective<M>> Oracle for ModelOracle<'_, M, O> {
     }
 
     fn evaluate_example(&mut self, draw: usize) -> Result<Evaluation, SharpnessError> {
-        let copy = self.model.valid().train();
+        let copy = fresh_copy(self.model);
         let loss = self.objective.example_loss(&copy, draw).ok_or_else(|| {
             SharpnessError::Unsupported(
                 "this method needs per-example losses: implement Objective::example_loss".into(),

@@ -4,15 +4,15 @@
 //! products — while a Burn module stores its parameters as many tensors of different ranks. A
 //! [`ParamSet`] is the bridge: an ordered set of tensors keyed by [`ParamId`], each kept flat (rank 1)
 //! with its original shape, plus the few global operations the rules use. Norms and dot products are
-//! reduced per tensor and then summed across tensors with a single device read (`docs/algorithms.md` §0: "norms are
-//! global").
+//! reduced per tensor and then summed across tensors with a single device read ("norms are
+//! global", `docs/algorithms.md` §0).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, RecordState, StateSink, StateSource, join_path};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorData};
 use burn_pack::Scalar;
 use rayon::prelude::*;
 
@@ -462,6 +462,67 @@ impl ModuleVisitor for Collector<'_> {
     }
 }
 
+/// The autodiff context of a parameter: its gradient-checkpointing strategy and its distributed
+/// mark, which `Tensor::from_inner` and `Module::train` do not restore (burn-optim keeps them the
+/// same way, in its `ParameterContext`). Burn refuses to combine tensors of two strategies.
+#[derive(Clone, Copy)]
+struct AutodiffContext {
+    checkpointing: Option<GradientCheckpointingStrategy>,
+    distributed: bool,
+}
+
+impl AutodiffContext {
+    fn of<const D: usize>(parameter: &Tensor<D>) -> Self {
+        Self {
+            checkpointing: parameter.gradient_checkpointing_strategy(),
+            distributed: parameter.is_distributed(),
+        }
+    }
+
+    /// `value` lifted to a trainable parameter with this context.
+    fn apply<const D: usize>(self, value: Tensor<D>, id: ParamId) -> Tensor<D> {
+        let mut lifted = match value.is_autodiff() {
+            true => value,
+            false => Tensor::from_inner(value),
+        };
+        if let Some(strategy) = self.checkpointing {
+            lifted = lifted.with_gradient_checkpointing_strategy(strategy);
+        }
+        lifted = lifted.require_grad();
+        if self.distributed {
+            lifted = lifted.set_distributed(id);
+        }
+        lifted
+    }
+}
+
+/// A training copy of `module` with running state of its own (`valid().train()`: a plain clone
+/// shares BatchNorm's running statistics), whose parameters keep the original's autodiff context.
+pub(crate) fn fresh_copy<M: Module>(module: &M) -> M {
+    struct Contexts(HashMap<ParamId, AutodiffContext>);
+    impl ModuleVisitor for Contexts {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0.insert(param.id, AutodiffContext::of(&param.val()));
+            }
+        }
+    }
+    impl ModuleMapper for Contexts {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match self.0.get(&param.id).copied() {
+                Some(context) => {
+                    let (id, value, mapper) = param.consume();
+                    Param::from_mapped_value(id, context.apply(value, id), mapper)
+                }
+                None => param,
+            }
+        }
+    }
+    let mut contexts = Contexts(HashMap::new());
+    module.visit(&mut contexts);
+    module.valid().train().map(&mut contexts)
+}
+
 /// Maps a module's parameters present in `values` to `w + values` (`add`) or to `values`.
 struct MapMatching<'a> {
     values: &'a ParamSet,
@@ -474,15 +535,14 @@ impl ModuleMapper for MapMatching<'_> {
             return param;
         };
         let (id, value, mapper) = param.consume();
-        let require_grad = value.is_require_grad();
         let dims: [usize; D] = value.dims();
         let given = given.value.clone().reshape(dims);
         let new = match self.add {
-            true => value.inner() + given,
+            true => value.clone().inner() + given,
             false => given,
         };
-        let new = match require_grad {
-            true => Tensor::from_inner(new).require_grad(),
+        let new = match value.is_require_grad() {
+            true => AutodiffContext::of(&value).apply(new, id),
             false => new,
         };
         Param::from_mapped_value(id, new, mapper)

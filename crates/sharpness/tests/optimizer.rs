@@ -28,19 +28,22 @@ fn device() -> Device {
 
 /// Deterministic weights (tests run in parallel; a seeded global RNG would race).
 fn linear(d_in: usize, d_out: usize, offset: f32) -> Linear {
-    let mut layer: Linear = LinearConfig::new(d_in, d_out).init(&device());
+    linear_on(&device(), d_in, d_out, offset)
+}
+
+fn linear_on(device: &Device, d_in: usize, d_out: usize, offset: f32) -> Linear {
+    let mut layer: Linear = LinearConfig::new(d_in, d_out).init(device);
     let w: Vec<f32> = (0..d_in * d_out)
         .map(|k| ((k as f32 * 0.37 + offset).sin()) * 0.5)
         .collect();
     let b: Vec<f32> = (0..d_out)
         .map(|k| ((k as f32 * 0.11 - offset).cos()) * 0.1)
         .collect();
-    layer.weight = Param::from_tensor(
-        Tensor::<1>::from_floats(w.as_slice(), &device()).reshape([d_in, d_out]),
-    );
+    layer.weight =
+        Param::from_tensor(Tensor::<1>::from_floats(w.as_slice(), device).reshape([d_in, d_out]));
     layer.bias = Some(Param::from_tensor(Tensor::<1>::from_floats(
         b.as_slice(),
-        &device(),
+        device,
     )));
     layer
 }
@@ -467,6 +470,35 @@ fn corrupt_or_foreign_state_is_an_error_and_changes_nothing() {
         .to_string();
     assert!(err.contains("base optimizer"), "{err}");
     assert_eq!(opt.save_state().unwrap(), bytes, "nothing changed");
+}
+
+/// Perturbed copies keep each parameter's autodiff context: on a device with gradient
+/// checkpointing, SAM's second pass combines the perturbed parameters with inputs of that
+/// strategy (Burn refuses to mix strategies), and the step equals the one without it.
+#[test]
+fn a_model_on_a_gradient_checkpointing_device_steps_as_without_checkpointing() {
+    let run = |device: Device| {
+        let m = TwoLayer {
+            a: linear_on(&device, 3, 4, 0.3),
+            b: linear_on(&device, 4, 2, 1.7),
+        };
+        let x = Tensor::<2>::from_floats([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]], &device);
+        let y = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
+        let mut opt = optimizer(TwoPass::new(Sam), 0.05);
+        let mut m = m;
+        for _ in 0..2 {
+            m = opt
+                .step(&m, 0.1, &mut |m: &TwoLayer| mse(m, &x, &y))
+                .unwrap()
+                .model;
+        }
+        let w = m.a.weight.val();
+        (w.gradient_checkpointing_strategy(), bits(&weights(&m)))
+    };
+    let (plain_strategy, plain) = run(Device::flex().autodiff());
+    let (strategy, checkpointed) = run(Device::flex().autodiff().gradient_checkpointing());
+    assert_ne!(strategy, plain_strategy, "the device's strategy is kept");
+    assert_eq!(checkpointed, plain);
 }
 
 #[test]
