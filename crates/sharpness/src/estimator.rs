@@ -62,7 +62,7 @@ pub trait Oracle {
 }
 
 /// The lifecycle of everything that keeps state across steps, declared once for estimators and
-/// the geometries below [`crate::perturb::TwoPass`]: a hook after each successful step, and the
+/// the geometries below [`crate::perturb::TwoPass`]: a hook at the start of each step, and the
 /// state a resumed run needs. Every method has a default, so a stateless type implements it with
 /// an empty `impl Lifecycle for MyType {}`.
 ///
@@ -70,9 +70,12 @@ pub trait Oracle {
 /// burnpack records of burn-optim's optimizers) as named tensors and scalars under `prefix`;
 /// [`ParamSet`] implements Burn's `RecordState`, so a set is one call.
 pub trait Lifecycle {
-    /// Called after every successful step (for schedules such as SSAM's mask refresh), with an
-    /// oracle at the new weights.
-    fn after_step(
+    /// Called in every step after pass 0 and before the estimate, with an oracle at the step's
+    /// weights w: for schedules such as SSAM's mask refresh. (Here rather than after the base
+    /// optimizer's step, whose weights are the next step's w, so that a caller that applies the
+    /// estimate itself runs the same schedule.) Whatever it changes is rolled back if the step
+    /// fails.
+    fn before_estimate(
         &mut self,
         _oracle: &mut dyn Oracle,
         _ctx: &StepContext,

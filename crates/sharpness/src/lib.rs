@@ -50,7 +50,7 @@
 //!    [`perturb::Preconditioner::commit`] if it keeps state that follows the gradient;
 //! 2. [`Lifecycle`]: empty for a stateless geometry; otherwise its state (written with Burn's
 //!    record containers; a [`ParamSet`] is one `state_flatten` call) and, if it has a
-//!    schedule, [`Lifecycle::after_step`].
+//!    schedule, [`Lifecycle::before_estimate`].
 //!
 //! [`perturb::TwoPass`] does the rest: the normalisation, w + ε, the second pass, ρ = 0, zero
 //! gradients, NaN roll-back and state saving. Here ε = ρ d/‖d‖ with d = sign(g) ⊙ √|g|:
@@ -113,6 +113,6 @@ pub mod universal;
 
 pub use error::SharpnessError;
 pub use estimator::{Evaluation, GradientEstimator, Lifecycle, Oracle, Plain, StepContext};
-pub use optim::{Objective, RhoSchedule, SharpnessAware, StepOutput};
+pub use optim::{Estimate, Objective, RhoSchedule, SharpnessAware, StepOutput};
 pub use params::{ParamSet, ParamTensor};
 pub use state::StateRecord;

@@ -227,6 +227,26 @@ pub mod base {
     }
 }
 
+/// What [`SharpnessAware::estimate`] computed: the gradient to apply at w, and the model to apply
+/// it to.
+#[derive(Debug)]
+pub struct Estimate<M> {
+    /// The estimated gradient G (of the parameters that have one).
+    pub grads: GradientsParams,
+    /// The caller's model with the BatchNorm running statistics of pass 0 (the caller's weights
+    /// unchanged): the model a base optimizer steps with `grads`.
+    pub model: M,
+    /// The batch loss at the unperturbed weights (pass 0).
+    pub loss: f64,
+    /// ‖g₀‖, the global gradient norm at the unperturbed weights.
+    pub grad_norm: f64,
+    /// The ρ used.
+    pub rho: f64,
+    /// Forward/backward passes on the batch (1 for plain steps, 2 for the two-pass family, m+1
+    /// for the universal class).
+    pub passes: usize,
+}
+
 /// What one step did.
 #[derive(Clone, Debug)]
 pub struct StepOutput<M> {
@@ -293,39 +313,60 @@ impl SharpnessAware {
         self.step
     }
 
-    /// One sharpness-aware step on the batch that `objective` evaluates.
+    /// One sharpness-aware step on the batch that `objective` evaluates:
+    /// [`SharpnessAware::estimate`], then the base optimizer's step from w with the estimated
+    /// gradient.
     pub fn step<M: Module>(
         &mut self,
         model: &M,
         lr: f64,
         objective: &mut impl Objective<M>,
     ) -> Result<StepOutput<M>, SharpnessError> {
+        let estimate = self.estimate(model, lr, objective)?;
+        Ok(StepOutput {
+            model: self.base.step(lr, estimate.model, estimate.grads),
+            loss: estimate.loss,
+            grad_norm: estimate.grad_norm,
+            rho: estimate.rho,
+            passes: estimate.passes,
+        })
+    }
+
+    /// The gradient a sharpness-aware step applies, without stepping the base optimizer: for a
+    /// caller that owns the optimizer (e.g. Burn's `Learner`), which then steps
+    /// [`Estimate::model`] with [`Estimate::grads`]. The step counter advances, and the
+    /// estimator's state moves as in [`SharpnessAware::step`]; on an error it is left as it was
+    /// before the call.
+    pub fn estimate<M: Module>(
+        &mut self,
+        model: &M,
+        lr: f64,
+        objective: &mut impl Objective<M>,
+    ) -> Result<Estimate<M>, SharpnessError> {
         let ctx = StepContext {
             step: self.step,
             rho: self.rho.rho(self.step, lr)?,
             lr,
         };
-        let estimator_backup = self.estimator.clone_box();
-        let base_backup = self.base.clone();
-        match self.try_step(model, objective, &ctx) {
-            Ok(output) => {
+        let backup = self.estimator.clone_box();
+        match self.try_estimate(model, objective, &ctx) {
+            Ok(estimate) => {
                 self.step += 1;
-                Ok(output)
+                Ok(estimate)
             }
             Err(error) => {
-                self.estimator = estimator_backup;
-                self.base = base_backup;
+                self.estimator = backup;
                 Err(error)
             }
         }
     }
 
-    fn try_step<M: Module>(
+    fn try_estimate<M: Module>(
         &mut self,
         model: &M,
         objective: &mut impl Objective<M>,
         ctx: &StepContext,
-    ) -> Result<StepOutput<M>, SharpnessError> {
+    ) -> Result<Estimate<M>, SharpnessError> {
         // Pass 0 on a copy with its own BatchNorm state (a plain clone would share it).
         let working = fresh_copy(model);
         let (at_weights, grad_squared_norm) = evaluate(&working, objective, ctx.step, 0)?;
@@ -333,6 +374,7 @@ impl SharpnessAware {
             return Err(SharpnessError::NoGradient { step: ctx.step });
         }
         let mut oracle = ModelOracle::new(model, &at_weights.grad, objective, ctx.step);
+        self.estimator.before_estimate(&mut oracle, ctx)?;
         let grad = self.estimator.estimate(&at_weights, &mut oracle, ctx)?;
         if !grad.all_finite() {
             return Err(SharpnessError::NonFinite {
@@ -341,16 +383,13 @@ impl SharpnessAware {
                 what: "combined gradient",
             });
         }
-        let passes = oracle.passes;
-        let stepped = self.base.step(ctx.lr, working, grad.to_gradients());
-        let mut after = ModelOracle::new(&stepped, &at_weights.grad, objective, ctx.step);
-        self.estimator.after_step(&mut after, ctx)?;
-        Ok(StepOutput {
-            model: stepped,
+        Ok(Estimate {
+            grads: grad.to_gradients(),
+            model: working,
             loss: at_weights.loss,
             grad_norm: grad_squared_norm.sqrt(),
             rho: ctx.rho,
-            passes,
+            passes: oracle.passes,
         })
     }
 
@@ -451,7 +490,7 @@ fn evaluate_loss<M: Module>(
 struct ModelOracle<'a, M, O> {
     model: &'a M,
     layout: &'a ParamSet,
-    /// w, read from the model on first use (most `after_step` hooks never need it).
+    /// w, read from the model on first use (a plain step never needs it).
     weights: OnceCell<ParamSet>,
     objective: &'a mut O,
     step: u64,

@@ -318,11 +318,12 @@ fn a_non_finite_gradient_is_an_error_too() {
 fn ssam_without_per_example_losses_is_a_clear_error() {
     let (x, y) = batch();
     let mut opt = optimizer(TwoPass::new(Ssam::new(0.5, 4, 1).unwrap()), 0.05);
-    let err = opt
-        .step(&model(), 0.1, &mut |m: &TwoLayer| mse(m, &x, &y))
-        .unwrap_err();
+    let mut loss = |m: &TwoLayer| mse(m, &x, &y);
+    // Step 0 runs without a mask; the first refresh, at the start of step 1, needs the examples.
+    let first = opt.step(&model(), 0.1, &mut loss).unwrap();
+    let err = opt.step(&first.model, 0.1, &mut loss).unwrap_err();
     assert!(err.to_string().contains("example_loss"), "{err}");
-    assert_eq!(opt.steps(), 0);
+    assert_eq!(opt.steps(), 1);
 }
 
 #[test]
@@ -379,16 +380,52 @@ fn ssam_mask_keeps_the_largest_empirical_fisher_coordinates_on_its_schedule() {
         rho: 0.05,
         lr: 0.1,
     };
-    ssam.after_step(&mut oracle, &ctx(1)).unwrap();
-    assert!(
-        ssam.mask().is_none(),
-        "step 1 is not on the every-2-steps schedule"
-    );
-    ssam.after_step(&mut oracle, &ctx(2)).unwrap();
+    // Refreshed at the weights that steps 0, 2, 4, … produce: at the start of steps 1, 3, 5, …
+    for step in [0, 2] {
+        ssam.before_estimate(&mut oracle, &ctx(step)).unwrap();
+        assert!(
+            ssam.mask().is_none(),
+            "no refresh at the start of step {step}"
+        );
+    }
+    ssam.before_estimate(&mut oracle, &ctx(3)).unwrap();
     assert_eq!(
         ssam.mask().unwrap().to_vec(),
         [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]
     );
+}
+
+/// A caller that owns the base optimizer (as Burn's `Learner` does) applies `estimate`'s
+/// gradient to `estimate`'s model: the same weights as `step`, bit for bit, for stateful
+/// geometries and SSAM's schedule too.
+#[test]
+fn estimate_then_the_callers_own_base_step_equals_step() {
+    let makers: [fn() -> Box<dyn GradientEstimator>; 3] = [
+        || Box::new(TwoPass::new(InfoSam::default())),
+        || Box::new(TwoPass::new(Ssam::new(0.5, 3, 1).unwrap())),
+        || Box::new(frob_sam(0.5, 2, 42).unwrap()),
+    ];
+    for make in makers {
+        let (x, y) = batch();
+        let mut objective = Batch { x, y };
+        let build = || {
+            SharpnessAware::from_boxed(
+                make(),
+                base::sgd(0.9, 1e-3, false).unwrap(),
+                RhoSchedule::constant(0.05).unwrap(),
+            )
+        };
+        let (mut by_step, mut by_estimate) = (build(), build());
+        let mut own_base = base::sgd(0.9, 1e-3, false).unwrap();
+        let (mut a, mut b) = (model(), model());
+        for _ in 0..3 {
+            a = by_step.step(&a, 0.1, &mut objective).unwrap().model;
+            let estimate = by_estimate.estimate(&b, 0.1, &mut objective).unwrap();
+            b = own_base.step(0.1, estimate.model, estimate.grads);
+        }
+        assert_eq!(by_estimate.steps(), 3);
+        assert_eq!(bits(&weights(&b)), bits(&weights(&a)), "{}", by_step.name());
+    }
 }
 
 /// Runs 4 steps straight, and 2 steps + save + a fresh optimizer + load + 2 steps: bitwise equal.

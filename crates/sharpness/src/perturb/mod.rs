@@ -168,12 +168,12 @@ impl<P: Preconditioner> TwoPass<P> {
 }
 
 impl<P: Preconditioner> Lifecycle for TwoPass<P> {
-    fn after_step(
+    fn before_estimate(
         &mut self,
         oracle: &mut dyn Oracle,
         ctx: &StepContext,
     ) -> Result<(), SharpnessError> {
-        self.preconditioner.after_step(oracle, ctx)
+        self.preconditioner.before_estimate(oracle, ctx)
     }
 
     fn save_state(&self, prefix: &str, out: &mut StateSink) {

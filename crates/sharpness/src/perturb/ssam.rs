@@ -17,7 +17,8 @@ use crate::params::ParamSet;
 /// F_j = Σᵢ (∂ℓᵢ/∂w_j)² over `num_samples` single examples, chosen globally over all tensors.
 ///
 /// Schedule, as the reference: the mask starts all zeros (the first step is plain SGD) and is
-/// recomputed after every step whose index is a multiple of `refresh_every` (the reference
+/// recomputed at the weights produced by every step whose index is a multiple of
+/// `refresh_every`, at the start of the next step (the reference
 /// refreshes after the first batch of every `update_freq`-th epoch: set `refresh_every` to
 /// steps-per-epoch × update_freq). Unlike the reference, the single-example passes run on a copy
 /// of the model and do not move the BatchNorm running statistics.
@@ -84,15 +85,16 @@ impl Ssam {
 }
 
 impl Lifecycle for Ssam {
-    /// Refreshes the mask after every step whose index is a multiple of `refresh_every`, from
-    /// the diagonal empirical Fisher F_j = Σᵢ (∂ℓᵢ/∂w_j)² over `num_samples` single examples at
-    /// the new weights.
-    fn after_step(
+    /// Refreshes the mask from the diagonal empirical Fisher F_j = Σᵢ (∂ℓᵢ/∂w_j)² over
+    /// `num_samples` single examples at this step's weights, in the steps that follow a step whose
+    /// index is a multiple of `refresh_every` (the reference refreshes after those steps, at the
+    /// weights they produced: the same weights).
+    fn before_estimate(
         &mut self,
         oracle: &mut dyn Oracle,
         ctx: &StepContext,
     ) -> Result<(), SharpnessError> {
-        if !ctx.step.is_multiple_of(self.refresh_every) {
+        if ctx.step == 0 || !(ctx.step - 1).is_multiple_of(self.refresh_every) {
             return Ok(());
         }
         let mut fisher = oracle.weights().zeros_like();
