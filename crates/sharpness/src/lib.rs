@@ -99,6 +99,14 @@
 //! ```
 //!
 //! Tests of a geometry from outside the crate: `tests/geometries.rs`.
+//!
+//! ## Precision
+//!
+//! Global norms and dot products of half-precision (f16, bf16) tensors accumulate in f32. The
+//! perturbed weights w + ε are computed in the weights' own precision, so a coordinate of ε
+//! smaller than half a unit in the last place of its weight (about |w|·2⁻¹¹ in f16, |w|·2⁻⁸ in
+//! bf16) rounds away and that coordinate is not perturbed: keep the weights in f32 (Burn's
+//! default) when ρ is small against them.
 
 #![warn(missing_docs)]
 

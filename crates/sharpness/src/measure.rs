@@ -63,7 +63,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{SharpnessError, check};
 use crate::estimator::Evaluation;
-use crate::params::{ParamSet, fresh_copy};
+use crate::params::{AutodiffContext, ParamSet, fresh_copy};
 
 /// The loss of a fixed set of examples, in batches (see the module docs).
 ///
@@ -674,12 +674,10 @@ impl ModuleMapper for Prepare {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some(dtype) = self.cast else { return param };
         let (id, value, mapper) = param.consume();
-        let require_grad = value.is_require_grad();
-        let cast = value.inner().cast(dtype).autodiff();
-        let cast = if require_grad {
-            cast.require_grad()
-        } else {
-            cast
+        let cast = value.clone().inner().cast(dtype);
+        let cast = match value.is_require_grad() {
+            true => AutodiffContext::of(&value).apply(cast, id),
+            false => cast.autodiff(),
         };
         Param::from_mapped_value(id, cast, mapper)
     }

@@ -8,6 +8,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::tensor::DType;
 use sharpness::optim::base;
 use sharpness::perturb::{FisherSam, InfoSam, MongeSam, Sam, Ssam, TwoPass};
 use sharpness::universal::{Sampler, det_sam, frob_sam, trace_sam};
@@ -536,6 +537,47 @@ fn a_model_on_a_gradient_checkpointing_device_steps_as_without_checkpointing() {
     let (strategy, checkpointed) = run(Device::flex().autodiff().gradient_checkpointing());
     assert_ne!(strategy, plain_strategy, "the device's strategy is kept");
     assert_eq!(checkpointed, plain);
+}
+
+/// A half-precision model: its global norms accumulate in f32 (the squared gradient norm here,
+/// ≈ 2·10⁵, is beyond f16's largest value 65 504), so SAM steps it like the f32 model.
+#[test]
+fn a_half_precision_model_steps_like_the_f32_model() {
+    struct Cast(DType);
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, value, mapper) = param.consume();
+            let cast = value.inner().cast(self.0).autodiff().require_grad();
+            Param::from_mapped_value(id, cast, mapper)
+        }
+    }
+    let run = |dtype: DType| {
+        let m = model().map(&mut Cast(dtype));
+        let (x, y) = batch();
+        let (x, y) = (x.cast(dtype), y.cast(dtype));
+        let mut opt = optimizer(TwoPass::new(Sam), 0.05);
+        let step = opt
+            .step(&m, 0.01, &mut |m: &TwoLayer| {
+                mse(m, &x, &y).mul_scalar(600.0)
+            })
+            .unwrap();
+        (step.grad_norm, weights(&step.model))
+    };
+    let (norm, w) = run(DType::F32);
+    assert!(norm * norm > 65_504.0, "‖g‖² = {}", norm * norm);
+    for dtype in [DType::F16, DType::BF16] {
+        let (half_norm, half_w) = run(dtype);
+        assert!(
+            (half_norm - norm).abs() < 2e-2 * norm,
+            "{dtype:?}: ‖g‖ {half_norm} vs {norm}"
+        );
+        for (a, b) in half_w.iter().zip(&w) {
+            assert!(
+                (a - b).abs() < 2e-2 * (1.0 + b.abs()),
+                "{dtype:?}: {a} vs {b}"
+            );
+        }
+    }
 }
 
 #[test]
