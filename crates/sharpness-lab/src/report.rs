@@ -99,7 +99,7 @@ pub fn csv_bytes<S: serde::Serialize>(rows: &[S]) -> Result<Vec<u8>> {
     for r in rows {
         w.serialize(r)?;
     }
-    Ok(w.into_inner().map_err(|e| anyhow!("{e}"))?)
+    w.into_inner().map_err(|e| anyhow!("{e}"))
 }
 
 /// A colour map for heat maps.

@@ -143,15 +143,12 @@ fn bench_steps(c: &mut Criterion) {
     group.finish();
 }
 
+/// A geometry with its name.
+type Named = (&'static str, Box<dyn Preconditioner>);
+
 /// A real gradient g and the weights w of the MLP, and every geometry, its state set up as in
 /// training (SSAM with a mask, infoSAM with an average).
-fn geometries(
-    s: &Setup,
-) -> (
-    ParamSet,
-    ParamSet,
-    Vec<(&'static str, Box<dyn Preconditioner>)>,
-) {
+fn geometries(s: &Setup) -> (ParamSet, ParamSet, Vec<Named>) {
     let loss = Batch(s).loss_of(&s.model);
     let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &s.model);
     let g = ParamSet::from_gradients(&s.model, &grads);
@@ -160,7 +157,7 @@ fn geometries(
     ssam.set_mask_from_fisher(&g.mul(&g));
     let mut info = InfoSam::default();
     info.commit(&g.scale(0.9));
-    let all: Vec<(&str, Box<dyn Preconditioner>)> = vec![
+    let all: Vec<Named> = vec![
         ("sam", Box::new(Sam)),
         ("asam", Box::new(Asam::default())),
         ("fisher", Box::new(FisherSam::default())),

@@ -100,6 +100,12 @@
 //!
 //! Tests of a geometry from outside the crate: `tests/geometries.rs`.
 //!
+//! ## Feature flags
+//!
+//! None. The library enables no Burn backend: add `burn` with the backend you train on (e.g.
+//! `features = ["flex"]` for the CPU, `"wgpu"` for a GPU) to your own crate, and the library runs
+//! there, since every rule is Burn tensor operations.
+//!
 //! ## Precision
 //!
 //! Global norms and dot products of half-precision (f16, bf16) tensors accumulate in f32. The

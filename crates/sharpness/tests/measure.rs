@@ -7,6 +7,13 @@
 //! ε·L/h² ≈ 2e-8, truncation h²·L⁗/12 ≈ 1e-9). Stochastic estimators are checked against their
 //! known variance: |mean − truth| ≤ 4σ/√N and the reported standard error within 30 % of σ/√N.
 
+// Matrices and formulas transcribed index by index, signs as in the derivations.
+#![allow(
+    clippy::needless_range_loop,
+    clippy::neg_multiply,
+    clippy::type_complexity
+)]
+
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear};
 use burn::prelude::*;

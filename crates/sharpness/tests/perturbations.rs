@@ -1,6 +1,13 @@
 //! Each perturbation against hand-computed values on a three-tensor parameter set (so the norms
 //! are global), and the properties the papers state (proptest).
 
+// Matrices and formulas transcribed index by index, signs as in the derivations.
+#![allow(
+    clippy::needless_range_loop,
+    clippy::neg_multiply,
+    clippy::type_complexity
+)]
+
 use burn::tensor::Device;
 use proptest::prelude::*;
 use sharpness::ParamSet;

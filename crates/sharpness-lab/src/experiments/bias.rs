@@ -566,8 +566,8 @@ fn train_run(
             }
             None => eprintln!("{line}"),
         }
-        if !(record.frobenius.is_finite() || !run.frobenius)
-            || !(record.trace.is_finite() || !run.trace)
+        if (run.frobenius && !record.frobenius.is_finite())
+            || (run.trace && !record.trace.is_finite())
         {
             bail!(
                 "{name} λ = {}: non-finite Hessian estimate at epoch {epoch}",

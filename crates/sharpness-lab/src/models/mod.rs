@@ -66,6 +66,8 @@ impl FromStr for ModelKind {
 }
 
 /// Any of the lab's networks.
+// Built once per run and never moved in a loop: boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network {
     /// See [`Mlp`].

@@ -194,7 +194,8 @@ pub fn run(command: ToyCommand) -> Result<()> {
         ToyCommand::Grid(a) => {
             let (loss, method, rho) = parse_common(&a.common)?;
             let [lo, hi] = parse_pair("range", &a.range)?;
-            if !(lo < hi) || a.grid == 0 {
+            // Not `lo >= hi`: a NaN bound must be refused too.
+            if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) || a.grid == 0 {
                 bail!("--range needs lo < hi and --grid at least 1");
             }
             // Per start: the start, the final point and a short trajectory, plus their JSON text.

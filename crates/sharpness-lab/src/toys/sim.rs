@@ -125,6 +125,7 @@ pub fn run_keeping(
 /// Runs one trajectory per start, spread over the available cores (`std::thread::scope`; each
 /// worker takes the next unstarted start, so runs that stop early do not leave a core idle).
 /// Results are in the order of `starts`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_many(
     loss: Loss,
     method: Method,
