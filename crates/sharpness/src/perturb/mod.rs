@@ -6,7 +6,7 @@
 //!
 //! | method | form | d | ε |
 //! |---|---|---|---|
-//! | [`Sam`] | constraint, C = I | g | ρ g/‖g‖ |
+//! | [`Sam`] | constraint = objective, C = P = I | g | ρ g/‖g‖ |
 //! | [`Asam`] | constraint, C = T_w² | T_w² g | ρ T_w²g/‖T_w g‖ |
 //! | [`FisherSam`] | constraint, C = (I + η diag g²)⁻¹ | g/(1+ηg²) | ρ d/√(gᵀd) |
 //! | [`MongeSam`] | constraint, C = G⁻¹ = I − ggᵀ/(1+‖g‖²), computed as eq. 9 | g/√(1+‖g‖²) | ρ d/‖g‖ = ρ g/(‖g‖√(1+‖g‖²)) |

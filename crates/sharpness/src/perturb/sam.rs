@@ -23,8 +23,10 @@ impl Preconditioner for Sam {
         "sam".into()
     }
 
+    /// For C = I the constraint and objective forms coincide (√(gᵀCg) = ‖Cg‖ = ‖g‖); the
+    /// objective form reads ‖g‖ from the step's NaN check instead of a dot product.
     fn normalization(&self) -> Normalization {
-        Normalization::Constraint
+        Normalization::Objective
     }
 
     /// d = g (the set shares g's tensors and its known norm: no pass over memory).
