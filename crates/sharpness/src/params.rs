@@ -577,7 +577,7 @@ impl ParamSet {
         }
         Self::state_unflatten(&path, source, device)
             .map(Some)
-            .ok_or_else(|| SharpnessError::State(format!("malformed tensor set `{path}`")))
+            .ok_or_else(|| crate::estimator::missing(&path))
     }
 }
 
