@@ -69,3 +69,8 @@ pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<(), S
         "a finite number ≥ 0",
     )
 }
+
+/// A list (of micro-batches, chunks) that must not be empty.
+pub(crate) fn at_least_one(name: &'static str, len: usize) -> Result<(), SharpnessError> {
+    check(name, len as f64, len > 0, "at least one")
+}

@@ -119,6 +119,7 @@
 pub mod error;
 pub mod estimator;
 pub mod measure;
+pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod perturb;
@@ -127,6 +128,7 @@ pub mod universal;
 
 pub use error::SharpnessError;
 pub use estimator::{Evaluation, GradientEstimator, Lifecycle, Oracle, Plain, StepContext};
-pub use optim::{Estimate, Objective, RhoSchedule, SharpnessAware, StepOutput};
+pub use objective::{Accumulate, GradientObjective, Objective, Pass};
+pub use optim::{Estimate, RhoSchedule, SharpnessAware, SharpnessGradient, StepOutput};
 pub use params::{ParamSet, ParamTensor};
 pub use state::StateRecord;
