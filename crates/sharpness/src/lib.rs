@@ -124,6 +124,8 @@ pub mod optim;
 pub mod params;
 pub mod perturb;
 pub mod state;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod universal;
 
 pub use error::SharpnessError;
