@@ -102,10 +102,26 @@
 //!
 //! ## Feature flags
 //!
-//! None. The library enables no Burn backend: add `burn` with the backend you train on (e.g.
+//! - `train`: SAM inside Burn's own training loop ([`train`]): a training strategy for
+//!   `SupervisedTraining` that steps the `Learner`'s optimizer, and a helper for a user's own
+//!   `TrainStep::step` (enables `burn/train`, without Burn's terminal UI).
+//!
+//! The library enables no Burn backend: add `burn` with the backend you train on (e.g.
 //! `features = ["flex"]` for the CPU, `"wgpu"` for a GPU) to your own crate, and the library runs
 //! there, since every rule is Burn tensor operations.
 //!
+//! ## Batches: accumulation, m-sharpness, outputs
+//!
+//! - [`Accumulate`]: exact gradient accumulation. Each pass runs micro-batch by micro-batch, so ε
+//!   comes from the whole batch's gradient with the memory of one micro-batch.
+//! - [`SharpnessGradient::estimate_chunks`] / [`SharpnessAware::step_chunks`]: m-sharpness, one ε
+//!   per chunk of the batch, the k gradients averaged (what data-parallel SAM computes when each
+//!   device perturbs with its own shard).
+//! - [`GradientObjective`]: an objective that runs its own backward pass and returns an output
+//!   (as Burn's `TrainStep::step`): pass 0's output comes back with the step, for metrics.
+//! - Learning rates are a number or Burn's per-group `ModuleLearningRate`; ρ schedules read its
+//!   base rate.
+
 //! ## Precision
 //!
 //! Global norms and dot products of half-precision (f16, bf16) tensors accumulate in f32. The

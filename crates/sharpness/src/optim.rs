@@ -567,7 +567,11 @@ impl SharpnessAware {
         Ok(self.apply(lr, estimate))
     }
 
-    fn apply<M: Module, O>(&mut self, lr: ModuleLearningRate, e: Estimate<M, O>) -> StepOutput<M, O> {
+    fn apply<M: Module, O>(
+        &mut self,
+        lr: ModuleLearningRate,
+        e: Estimate<M, O>,
+    ) -> StepOutput<M, O> {
         StepOutput {
             model: self.base.step(lr, e.model, e.grads),
             output: e.output,

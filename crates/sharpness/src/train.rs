@@ -36,8 +36,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use burn::train::checkpoint::CheckpointerError;
 use burn::train::{
-    ClassificationOutput, EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent,
-    LearnerModel, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
+    ClassificationOutput, EventProcessorTraining, InferenceStep, Interrupter, Learner,
+    LearnerEvent, LearnerModel, MultiLabelClassificationOutput, RegressionOutput, SequenceOutput,
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainOutput,
     TrainStep, TrainingComponents, TrainingError, TrainingItem, TrainingStrategy, ValidLoader,
 };
@@ -199,9 +199,8 @@ impl SharpnessAwareTraining {
                 path.display()
             ))
         })?;
-        let record = StateRecord::from_bytes(bytes).and_then(|record| {
-            lock(&self.gradient).load_state_record(record, &self.device)
-        });
+        let record = StateRecord::from_bytes(bytes)
+            .and_then(|record| lock(&self.gradient).load_state_record(record, &self.device));
         record.map_err(|e| checkpoint_error(format!("{}: {e}", path.display())))
     }
 
@@ -226,11 +225,10 @@ impl SharpnessAwareTraining {
             iteration += 1;
             learner.lr_step();
             let lr = learner.lr_current();
-            let estimate = lock(&self.gradient).estimate_shared(
-                &learner.model(),
-                lr.clone(),
-                &mut |m: &M| train_pass(m, item.clone()),
-            );
+            let estimate =
+                lock(&self.gradient).estimate_shared(&learner.model(), lr.clone(), &mut |m: &M| {
+                    train_pass(m, item.clone())
+                });
             let estimate = match estimate {
                 Ok(estimate) => estimate,
                 Err(error) => {

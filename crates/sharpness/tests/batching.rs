@@ -31,10 +31,11 @@ fn linear(d_in: usize, d_out: usize, offset: f32) -> Linear {
     let w: Vec<f32> = (0..d_in * d_out)
         .map(|k| ((k as f32 * 0.37 + offset).sin()) * 0.5)
         .collect();
-    let b: Vec<f32> = (0..d_out).map(|k| ((k as f32 * 0.11 - offset).cos()) * 0.1).collect();
-    layer.weight = Param::from_tensor(
-        Tensor::<1>::from_floats(w.as_slice(), &device).reshape([d_in, d_out]),
-    );
+    let b: Vec<f32> = (0..d_out)
+        .map(|k| ((k as f32 * 0.11 - offset).cos()) * 0.1)
+        .collect();
+    layer.weight =
+        Param::from_tensor(Tensor::<1>::from_floats(w.as_slice(), &device).reshape([d_in, d_out]));
     layer.bias = Some(Param::from_tensor(Tensor::<1>::from_floats(
         b.as_slice(),
         &device,
@@ -112,7 +113,10 @@ fn accumulation_equals_the_whole_batch(make: fn() -> Box<dyn GradientEstimator>,
         let mut objective = Accumulate::new(&mut micro_batches).unwrap();
         let step = accumulated.step_with(&accumulated_model, 0.2, &mut objective);
         let step = step.unwrap();
-        assert_eq!(step.passes, passes, "a pass over the micro-batches counts once");
+        assert_eq!(
+            step.passes, passes,
+            "a pass over the micro-batches counts once"
+        );
         accumulated_model = step.model;
     }
     let (a, b) = (weights(&whole_model), weights(&accumulated_model));
@@ -134,7 +138,10 @@ fn accumulated_micro_batches_step_as_the_whole_batch_for_sam() {
 #[test]
 fn accumulated_micro_batches_step_as_the_whole_batch_for_fisher_sam() {
     // Not scale-invariant: a sum over micro-batches instead of the mean would change ε.
-    accumulation_equals_the_whole_batch(|| Box::new(TwoPass::new(FisherSam::new(5.0).unwrap())), 1e-5);
+    accumulation_equals_the_whole_batch(
+        || Box::new(TwoPass::new(FisherSam::new(5.0).unwrap())),
+        1e-5,
+    );
 }
 
 #[test]
@@ -249,8 +256,14 @@ fn per_group_learning_rates_reach_the_base_optimizer_and_rho_reads_the_base_rate
         .with_group(ParamGroup::ids_from_module(m.b.clone()), 0.0)
         .step();
     let schedule = RhoSchedule::proportional_to_lr(0.0, 0.4, 0.0, 0.4).unwrap();
-    let mut sam = SharpnessAware::new(TwoPass::new(Sam), base::sgd(0.0, 0.0, false).unwrap(), schedule);
-    let step = sam.step(&m, lr, &mut |m: &TwoLayer| mse(m, &batch)).unwrap();
+    let mut sam = SharpnessAware::new(
+        TwoPass::new(Sam),
+        base::sgd(0.0, 0.0, false).unwrap(),
+        schedule,
+    );
+    let step = sam
+        .step(&m, lr, &mut |m: &TwoLayer| mse(m, &batch))
+        .unwrap();
     assert_eq!(step.rho, 0.2, "ρ follows the base rate 0.2");
     let before = ParamSet::trainable_weights(&m.b).to_vec();
     assert_eq!(ParamSet::trainable_weights(&step.model.b).to_vec(), before);

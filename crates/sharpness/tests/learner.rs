@@ -40,7 +40,9 @@ impl Net {
             let w: Vec<f32> = (0..d_in * d_out)
                 .map(|k| ((k as f32 * 0.37 + offset).sin()) * 0.5)
                 .collect();
-            let b: Vec<f32> = (0..d_out).map(|k| (k as f32 - offset).cos() * 0.1).collect();
+            let b: Vec<f32> = (0..d_out)
+                .map(|k| (k as f32 - offset).cos() * 0.1)
+                .collect();
             layer.weight = Param::from_tensor(
                 Tensor::<1>::from_floats(w.as_slice(), device).reshape([d_in, d_out]),
             );
@@ -200,16 +202,12 @@ fn learner_run(
 ) -> (Vec<f64>, Arc<SharpnessAwareTraining>) {
     let gradient = SharpnessGradient::new(estimator, RhoSchedule::constant(RHO).unwrap());
     let strategy = Arc::new(SharpnessAwareTraining::new(device(), gradient, directory));
-    let mut training = training::<Net>(directory, epochs)
-        .with_training_strategy(strategy.clone().into_strategy());
+    let mut training =
+        training::<Net>(directory, epochs).with_training_strategy(strategy.clone().into_strategy());
     if let Some(epoch) = resume_from {
         training = training.checkpoint(epoch);
     }
-    let learner = Learner::new(
-        Net::new(&device()),
-        base::sgd(0.9, 0.0, false).unwrap(),
-        LR,
-    );
+    let learner = Learner::new(Net::new(&device()), base::sgd(0.9, 0.0, false).unwrap(), LR);
     let result = training.launch(learner);
     assert!(result.error.is_none(), "{:?}", result.error);
     assert!(result.interrupted.is_none(), "{:?}", result.interrupted);
@@ -232,8 +230,12 @@ fn a_resumed_learner_continues_a_stateful_method_exactly() {
     let directory = tempfile::tempdir().unwrap();
     let _ = learner_run(directory.path(), TwoPass::new(InfoSam::default()), 1, None);
     // Epoch 2 from the epoch-1 checkpoint: infoSAM's moving average comes back with it.
-    let (resumed, strategy) =
-        learner_run(directory.path(), TwoPass::new(InfoSam::default()), 2, Some(1));
+    let (resumed, strategy) = learner_run(
+        directory.path(),
+        TwoPass::new(InfoSam::default()),
+        2,
+        Some(1),
+    );
     assert_eq!(strategy.steps(), 6, "the step counter is restored");
     assert_eq!(resumed, own_loop(TwoPass::new(InfoSam::default()), 2));
 }
@@ -247,7 +249,11 @@ fn resuming_without_the_estimators_state_is_an_error() {
         TwoPass::new(InfoSam::default()),
         RhoSchedule::constant(RHO).unwrap(),
     );
-    let strategy = Arc::new(SharpnessAwareTraining::new(device(), gradient, directory.path()));
+    let strategy = Arc::new(SharpnessAwareTraining::new(
+        device(),
+        gradient,
+        directory.path(),
+    ));
     let training = training::<Net>(directory.path(), 2)
         .with_training_strategy(strategy.clone().into_strategy())
         .checkpoint(1);
