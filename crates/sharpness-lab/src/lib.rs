@@ -7,5 +7,6 @@ pub mod models;
 pub mod outdir;
 pub mod report;
 pub mod reproduce;
+pub mod stats;
 pub mod toys;
 pub mod train;

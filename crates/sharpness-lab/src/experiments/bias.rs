@@ -728,13 +728,10 @@ fn fmt_estimate(mean: f64, se: f64) -> String {
     }
 }
 
+/// The mean of the finite values (timings of runs that were not measured are NaN).
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
+    let finite: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    crate::stats::mean(&finite)
 }
 
 fn section(

@@ -16,6 +16,7 @@ use crate::data::{self, DatasetName, Variant};
 use crate::methods::{Method, MethodParams};
 use crate::models::ModelKind;
 use crate::report::{self, Figure, Panel, Series, Style};
+use crate::stats::{self, Summary};
 use crate::train::{
     self, Checkpoint, EpochMetrics, LrScheduleKind, OptimizerKind, RhoScheduleKind, RunOptions,
     TrainConfig,
@@ -429,18 +430,6 @@ fn write_csv(out_dir: &Path, cells: &[CellRun]) -> Result<()> {
     report::write_atomic(&out_dir.join("results.csv"), &report::csv_bytes(&rows)?)
 }
 
-/// Mean and sample standard deviation.
-pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n.max(1.0);
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
-}
-
 fn final_accs(cells: &[CellRun], tag: &str, method: Method) -> Vec<f64> {
     cells
         .iter()
@@ -456,9 +445,12 @@ fn markdown(config: &TableConfig, tags: &[String], cells: &[CellRun], seconds: f
     for &method in &config.methods {
         let mut row = vec![method.display_name().to_string()];
         for tag in tags {
-            let (mean, std) = mean_std(&final_accs(cells, tag, method));
-            // Bold the best mean of each column below.
-            row.push(format!("{mean:.2} ± {std:.2}"));
+            let s = Summary::of(&final_accs(cells, tag, method));
+            // Bold the best mean of each column below; one seed has no spread.
+            row.push(match s.n {
+                1 => format!("{:.2}", s.mean),
+                _ => format!("{:.2} ± {:.2}", s.mean, s.std),
+            });
         }
         rows.push(row);
     }
@@ -466,10 +458,10 @@ fn markdown(config: &TableConfig, tags: &[String], cells: &[CellRun], seconds: f
         let best = config
             .methods
             .iter()
-            .map(|&m| mean_std(&final_accs(cells, tag, m)).0)
+            .map(|&m| stats::mean(&final_accs(cells, tag, m)))
             .fold(f64::NEG_INFINITY, f64::max);
         for (r, &m) in config.methods.iter().enumerate() {
-            if mean_std(&final_accs(cells, tag, m)).0 == best {
+            if stats::mean(&final_accs(cells, tag, m)) == best {
                 rows[r][col + 1] = format!("**{}**", rows[r][col + 1]);
             }
         }
@@ -529,7 +521,7 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
                         .filter_map(|c| c.metrics.get(e))
                         .map(|m| 100.0 * m.test_acc)
                         .collect();
-                    ((e + 1) as f64, mean_std(&accs).0)
+                    ((e + 1) as f64, stats::mean(&accs))
                 })
                 .collect();
             for &(_, y) in &points {

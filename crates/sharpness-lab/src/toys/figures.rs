@@ -2,7 +2,6 @@
 //! written under `out/toys/` with a report section.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -10,6 +9,7 @@ use indicatif::ProgressBar;
 use plotters::prelude::{RGBColor, SeriesLabelPosition};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
@@ -192,8 +192,7 @@ fn fig2(
         for (k, (m, rho)) in configs.into_iter().enumerate() {
             let runs = sim::run_many(Loss::Sinc, m, params, rho, 0.05, 200, &starts, &tick)?;
             let finals: Vec<[f64; 2]> = runs.iter().map(Trajectory::last).collect();
-            let mut r: Vec<f64> = finals.iter().map(|q| q[0].hypot(q[1])).collect();
-            r.sort_by(f64::total_cmp);
+            let r: Vec<f64> = finals.iter().map(|q| q[0].hypot(q[1])).collect();
             let share = |pred: &dyn Fn(f64) -> bool| {
                 r.iter().filter(|&&d| pred(d)).count() as f64 / r.len() as f64
             };
@@ -202,7 +201,7 @@ fn fig2(
                 rho,
                 loose: share(&|d| d < SINC_RING / 2.0),
                 strict: share(&|d| d < FIG2_STRICT),
-                median_distance: r[r.len() / 2],
+                median_distance: crate::stats::upper_median(&r),
                 finals,
             };
             for (s, f) in starts.iter().zip(&result.finals) {
@@ -255,7 +254,7 @@ fn fig2(
     // than at ρ = 0.2; M-SAM less often than SAM, even at ρ = 1. A difference of two fractions of
     // 200 runs counts when it exceeds two standard errors.
     let verdict = |smaller: f64, larger: f64| {
-        let se = (smaller * (1.0 - smaller) / 200.0 + larger * (1.0 - larger) / 200.0).sqrt();
+        let se = crate::stats::two_proportion_se(smaller, 200, larger, 200);
         match larger - smaller {
             d if d > 2.0 * se && d > 0.0 => "holds",
             d if d > 0.0 => "same direction, within 2 s.e.",
@@ -631,67 +630,38 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
     progress.inc_length(FIG4_GRID as u64);
     progress.set_message("toys: Fig. 4 (stability maps)");
     let maps = [(Method::Sam, FIG4_RHOS), (Method::Msam, FIG4_RHOS)];
-    // (method index, rho index, j, i) -> stability, computed row by row on every core.
-    let rows_out: Vec<Vec<Vec<sim::Stability>>> = {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let next = AtomicUsize::new(0);
-        let mut results: Vec<Option<Vec<Vec<sim::Stability>>>> =
-            (0..FIG4_GRID).map(|_| None).collect();
-        let chunks: Vec<Vec<(usize, Vec<Vec<sim::Stability>>)>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| -> Result<Vec<(usize, Vec<Vec<sim::Stability>>)>> {
-                        let device = device();
-                        let mut mine = vec![];
-                        loop {
-                            let j = next.fetch_add(1, Ordering::SeqCst);
-                            if j >= FIG4_GRID {
-                                break;
-                            }
-                            let mut row: Vec<Vec<sim::Stability>> = vec![];
-                            for &x in &xs {
-                                let theta = [x, xs[j]];
-                                let g = autodiff_gradient(Loss::Banana, theta, &device).1;
-                                let h = hessian(Loss::Banana, theta, &device);
-                                let mut cell = vec![];
-                                for (m, rhos) in &maps {
-                                    for &rho in rhos {
-                                        cell.push(sim::stability_with(
-                                            Loss::Banana,
-                                            *m,
-                                            rho,
-                                            theta,
-                                            g,
-                                            h,
-                                            &device,
-                                        )?);
-                                    }
-                                }
-                                row.push(cell);
-                            }
-                            mine.push((j, row));
-                            progress.inc(1);
-                        }
-                        Ok(mine)
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("stability worker panicked"))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        for chunk in chunks {
-            for (j, row) in chunk {
-                results[j] = Some(row);
+    // rows_out[j][i][k]: the stability at (xs[i], xs[j]) of map k (method-major, then ρ),
+    // computed row by row on every core and collected in row order.
+    let computed: Vec<Result<Vec<Vec<sim::Stability>>>> = (0..FIG4_GRID)
+        .into_par_iter()
+        .map(|j| {
+            let device = device();
+            let mut row = vec![];
+            for &x in &xs {
+                let theta = [x, xs[j]];
+                let g = autodiff_gradient(Loss::Banana, theta, &device).1;
+                let h = hessian(Loss::Banana, theta, &device);
+                let mut cell = vec![];
+                for (m, rhos) in &maps {
+                    for &rho in rhos {
+                        cell.push(sim::stability_with(
+                            Loss::Banana,
+                            *m,
+                            rho,
+                            theta,
+                            g,
+                            h,
+                            &device,
+                        )?);
+                    }
+                }
+                row.push(cell);
             }
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every row computed"))
-            .collect()
-    };
+            progress.inc(1);
+            Ok(row)
+        })
+        .collect();
+    let rows_out = computed.into_iter().collect::<Result<Vec<_>>>()?;
     let mut panels = vec![];
     let mut rows = vec![];
     let mut fig4 = vec![];

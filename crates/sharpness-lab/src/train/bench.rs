@@ -113,8 +113,7 @@ pub fn run(
             }
             passes = out.passes;
         }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let median = crate::stats::upper_median(&times);
         let rate = batch_size as f64 / median;
         let sgd_rate = rows
             .iter()
