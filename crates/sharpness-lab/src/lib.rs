@@ -4,6 +4,8 @@ pub mod experiments;
 pub mod limits;
 pub mod methods;
 pub mod models;
+#[cfg(test)]
+mod names;
 pub mod outdir;
 pub mod report;
 pub mod reproduce;

@@ -32,11 +32,7 @@ impl Summary {
             f64::NAN
         };
         let se = std / (n as f64).sqrt();
-        let ci95 = if n > 1 {
-            t_975(n - 1) * se
-        } else {
-            f64::NAN
-        };
+        let ci95 = if n > 1 { t_975(n - 1) * se } else { f64::NAN };
         Self {
             n,
             mean,

@@ -356,7 +356,7 @@ struct Run {
 fn runs(settings: &Settings) -> Vec<Run> {
     // λ = 0 is SGD, shared by both sweeps and measured with both measures.
     let mut runs = vec![Run {
-        method: Method::Gd,
+        method: Method::Sgd,
         lambda: 0.0,
         frobenius: true,
         trace: true,
@@ -378,14 +378,6 @@ fn runs(settings: &Settings) -> Vec<Run> {
         });
     }
     runs
-}
-
-fn method_name(method: Method) -> &'static str {
-    if method == Method::Gd {
-        "sgd"
-    } else {
-        method.name()
-    }
 }
 
 fn run_with(preset: Preset, out_dir: &Path, progress: Option<&ProgressBar>) -> Result<String> {
@@ -415,7 +407,7 @@ fn run_with(preset: Preset, out_dir: &Path, progress: Option<&ProgressBar>) -> R
     )?;
     let mut records = Vec::new();
     for run in &runs {
-        let done = series_of(&earlier, method_name(run.method), run.lambda);
+        let done = series_of(&earlier, run.method.name(), run.lambda);
         if done.len() == settings.epochs + 1 {
             records.extend(done.into_iter().cloned());
             if let Some(p) = progress {
@@ -472,7 +464,7 @@ fn train_run(
     device: &Device,
     progress: Option<&ProgressBar>,
 ) -> Result<Vec<EpochRecord>> {
-    let name = method_name(run.method);
+    let name = run.method.name();
     let params = MethodParams {
         lambda: run.lambda,
         samples: Some(if run.method == Method::FrobSam { 2 } else { 1 }),
@@ -864,9 +856,8 @@ fn section(
     let full_seconds: f64 = full_runs
         .iter()
         .map(|r| {
-            let train = per_example(method_name(r.method))
-                * full.train_examples as f64
-                * full.epochs as f64;
+            let train =
+                per_example(r.method.name()) * full.train_examples as f64 * full.epochs as f64;
             let measures = (full.epochs + 1) as f64
                 * full.probes as f64
                 * (if r.frobenius {

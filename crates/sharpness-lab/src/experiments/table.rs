@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use strum::VariantArray;
 
 use crate::data::{self, DatasetName, Variant};
 use crate::methods::{Method, MethodParams};
@@ -62,9 +63,9 @@ impl TableConfig {
     pub fn full() -> Self {
         Self {
             preset: "full".into(),
-            datasets: DatasetName::ALL.to_vec(),
-            variants: Variant::ALL.to_vec(),
-            methods: Method::ALL.to_vec(),
+            datasets: DatasetName::VARIANTS.to_vec(),
+            variants: Variant::VARIANTS.to_vec(),
+            methods: Method::VARIANTS.to_vec(),
             seeds: vec![0, 1, 2],
             model: ModelKind::Mlp,
             width: 128,
@@ -128,7 +129,7 @@ impl TableConfig {
             Variant::Corrupt => corrupt,
         };
         let rho = match method {
-            Method::Gd => 0.0,
+            Method::Sgd => 0.0,
             Method::Sam | Method::Msam | Method::Infosam => 0.05,
             Method::Asam => {
                 params.eta = Some(0.01);
@@ -509,7 +510,7 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
     for tag in tags {
         let mut series = Vec::new();
         let (mut lo, mut hi) = (100.0f64, 0.0f64);
-        for (k, &method) in config.methods.iter().enumerate() {
+        for &method in &config.methods {
             let runs: Vec<&CellRun> = cells
                 .iter()
                 .filter(|c| &c.tag == tag && c.method == method)
@@ -528,11 +529,10 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
                 lo = lo.min(y);
                 hi = hi.max(y);
             }
-            let color = report::PALETTE[k % report::PALETTE.len()];
             series.push(Series::new(
                 method.display_name(),
                 points,
-                color,
+                method.spec().color,
                 Style::LinePoints(3),
             ));
         }

@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
+use strum::VariantArray;
 
 use super::loss::{Loss, autodiff_gradient, device, hessian};
 use super::sim::{self, Trajectory};
@@ -69,10 +70,6 @@ fn landmarks() -> Vec<Series> {
             Style::Squares(4),
         ),
     ]
-}
-
-fn color(method: Method) -> RGBColor {
-    PALETTE[Method::ALL.iter().position(|m| *m == method).unwrap_or(0)]
 }
 
 fn pct(x: f64) -> String {
@@ -382,7 +379,7 @@ fn fig2_panel(starts: &[[f64; 2]], r: &Fig2Result, reading: &str, range: (f64, f
     p.series.push(Series::new(
         "final θ",
         r.finals.iter().map(|q| (q[0], q[1])).collect(),
-        color(r.method),
+        r.method.spec().color,
         Style::Points(3),
     ));
     p.series.push(Series::new(
@@ -415,7 +412,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
     // ---------------- Fig. 1 ----------------
     progress.inc_length(3);
     progress.set_message("toys: Fig. 1 (banana trajectories)");
-    let fig1_methods = [Method::Gd, Method::Sam, Method::Msam];
+    let fig1_methods = [Method::Sgd, Method::Sam, Method::Msam];
     let start = [-1.5, 0.5];
     let mut fig1 = vec![];
     for m in fig1_methods {
@@ -437,11 +434,15 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
     p.legend = Some(SeriesLabelPosition::LowerRight);
     for (m, t) in &fig1 {
         let pts: Vec<(f64, f64)> = t.points.iter().map(|q| (q[0], q[1])).collect();
-        p.series
-            .push(Series::new(m.display_name(), pts, color(*m), Style::Line));
+        p.series.push(Series::new(
+            m.display_name(),
+            pts,
+            m.spec().color,
+            Style::Line,
+        ));
         p.series.push(Series::unlabelled(
             vec![(t.last()[0], t.last()[1])],
-            color(*m),
+            m.spec().color,
             Style::Points(5),
         ));
         for (k, g) in t.applied_gradients.iter().enumerate().step_by(10) {
@@ -452,7 +453,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
                 p.arrows.push(Arrow {
                     from: (q[0], q[1]),
                     to: (q[0] - s * g[0], q[1] - s * g[1]),
-                    color: color(*m),
+                    color: m.spec().color,
                 });
             }
         }
@@ -472,8 +473,12 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
             .enumerate()
             .map(|(k, l)| (k as f64, l.max(1e-12).log10()))
             .collect();
-        p2.series
-            .push(Series::new(m.display_name(), pts, color(*m), Style::Line));
+        p2.series.push(Series::new(
+            m.display_name(),
+            pts,
+            m.spec().color,
+            Style::Line,
+        ));
     }
     let fig = Figure {
         title: "Fig. 1 — GD, SAM and M-SAM from (−1.5, 0.5)".into(),
@@ -522,8 +527,8 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
         "GD reaches a (sharper) minimum of θ₁θ₂ = 1".into(),
         format!(
             "GD ends at {}, θ₁θ₂ = {:.3}",
-            fmt(end(Method::Gd)),
-            end(Method::Gd)[0] * end(Method::Gd)[1]
+            fmt(end(Method::Sgd)),
+            end(Method::Sgd)[0] * end(Method::Sgd)[1]
         ),
     ]);
     body.push_str("### Fig. 1 — banana trajectories\n\n![Fig. 1](toys/fig1_banana.png)\n\nArrows: the (negated, rescaled) gradient the base step applied, i.e. the gradient at the perturbed point, every 10 steps. Data: `toys/fig1_trajectories.csv`.\n\n");
@@ -577,7 +582,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
             p.series.push(Series::new(
                 m.display_name(),
                 t.points.iter().map(|z| (z[0], z[0] * z[0])).collect(),
-                color(m),
+                m.spec().color,
                 Style::LinePoints(4),
             ));
             q.series.push(Series::new(
@@ -587,7 +592,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
                     .enumerate()
                     .map(|(k, z)| (k as f64, z[0]))
                     .collect(),
-                color(m),
+                m.spec().color,
                 Style::LinePoints(3),
             ));
             for (k, z) in t.points.iter().enumerate() {
@@ -807,7 +812,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
 
     // ---------------- Fig. 5 ----------------
     let starts = sim::grid_starts(10, -3.0, 3.0);
-    progress.inc_length((Method::ALL.len() * starts.len()) as u64);
+    progress.inc_length((Method::VARIANTS.len() * starts.len()) as u64);
     let mut panels = vec![];
     let mut hist_panels = vec![];
     let mut rows = vec![];
@@ -815,7 +820,7 @@ pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
     let mut table = vec![];
     let range = (-3.2, 3.2);
     let background = banana_background(range);
-    for m in Method::ALL {
+    for &m in Method::VARIANTS {
         progress.set_message(format!("toys: Fig. 5 ({})", m.display_name()));
         let runs = sim::run_many(Loss::Banana, m, &params, 1.0, 0.01, 200, &starts, &tick)?;
         let finals: Vec<[f64; 2]> = runs.iter().map(Trajectory::last).collect();

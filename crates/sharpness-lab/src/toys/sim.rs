@@ -255,9 +255,9 @@ pub struct Stability {
 }
 
 /// The methods whose perturbation is ρ̃∇ℓ, for which A_ρ is defined (`docs/algorithms.md` §9.2).
-pub const STABILITY_METHODS: [Method; 3] = [Method::Gd, Method::Sam, Method::Msam];
+pub const STABILITY_METHODS: [Method; 3] = [Method::Sgd, Method::Sam, Method::Msam];
 
-/// A_ρ(θ) of `docs/algorithms.md` §9.2 for `method` ∈ {gd, sam, msam}. The perturbation δ comes from the
+/// A_ρ(θ) of `docs/algorithms.md` §9.2 for `method` ∈ {sgd, sam, msam}. The perturbation δ comes from the
 /// library's own `perturb::perturbation`, ρ̃ = ‖δ‖/‖∇ℓ‖ is held constant (its derivative is
 /// ignored, as in the paper), Hessians are central differences of autodiff gradients.
 pub fn stability(loss: Loss, method: Method, rho: f64, theta: [f64; 2]) -> Result<Stability> {
@@ -281,7 +281,7 @@ pub fn stability_with(
         bail!("--rho must be a finite number >= 0 (got {rho})");
     }
     let delta = match method {
-        Method::Gd => [0.0, 0.0],
+        Method::Sgd => [0.0, 0.0],
         Method::Sam | Method::Msam => {
             let gs = ParamSet::from_values(device, &[("weight", &[2], &g)]);
             let ws = gs.with_values(&theta);

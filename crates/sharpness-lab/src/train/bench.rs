@@ -76,7 +76,7 @@ pub fn run(
             ..bench_params(method)
         };
         let estimator = crate::methods::estimator(method, &params)?;
-        let rho = if method == Method::Gd {
+        let rho = if method == Method::Sgd {
             0.0
         } else {
             config.rho
@@ -117,7 +117,7 @@ pub fn run(
         let rate = batch_size as f64 / median;
         let sgd_rate = rows
             .iter()
-            .find(|r| r.method == Method::Gd)
+            .find(|r| r.method == Method::Sgd)
             .map_or(rate, |r| r.examples_per_sec);
         let row = BenchRow {
             method,
