@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
 
+mod mlp6;
+pub use mlp6::Mlp6;
+
 /// Which network.
 #[derive(
     Clone,
