@@ -15,13 +15,21 @@ use crate::reproduce::Experiment;
 use crate::toys::Loss;
 
 /// The command-line names of every variant, after checking that the other spellings agree.
-fn names<T: ValueEnum + VariantArray + std::fmt::Display + Serialize>() -> Vec<String> {
+fn names<T>() -> Vec<String>
+where
+    T: ValueEnum + VariantArray + std::fmt::Display + Serialize + Copy + Into<&'static str>,
+{
     T::VARIANTS
         .iter()
         .map(|v| {
             let cli = v.to_possible_value().expect("no variant is hidden");
             let cli = cli.get_name();
             assert_eq!(v.to_string(), cli, "Display and the command line differ");
+            assert_eq!(
+                (*v).into(),
+                cli,
+                "the static name and the command line differ"
+            );
             assert_eq!(
                 serde_json::to_value(v).unwrap(),
                 serde_json::Value::from(cli),

@@ -476,11 +476,7 @@ fn train_run(
 }
 
 /// One run's records, in epoch order.
-fn series_of<'a>(
-    records: &'a [EpochRecord],
-    method: &str,
-    lambda: f64,
-) -> Vec<&'a EpochRecord> {
+fn series_of<'a>(records: &'a [EpochRecord], method: &str, lambda: f64) -> Vec<&'a EpochRecord> {
     records
         .iter()
         .filter(|r| r.method == method && r.lambda == lambda)
