@@ -4,8 +4,11 @@ pub mod experiments;
 pub mod limits;
 pub mod methods;
 pub mod models;
+#[cfg(test)]
+mod names;
 pub mod outdir;
 pub mod report;
 pub mod reproduce;
+pub mod stats;
 pub mod toys;
 pub mod train;

@@ -1,24 +1,45 @@
-//! The methods the lab can run, by name, with their hyperparameters as command-line flags.
+//! The methods the lab can run: their names, their table (report name, colour, default
+//! hyperparameters) and their hyperparameters as command-line flags.
 //!
-//! One place maps a method name to a library estimator, so the toy landscapes and the neural
-//! networks run through the very same optimizer code.
+//! One place maps a method to a library estimator, so the toy landscapes and the neural
+//! networks run through the very same optimizer code. Adding a method: a variant of [`Method`]
+//! (its command-line, file and CSV name is the variant's name in kebab case), its row in
+//! [`Method::spec`] and its arm in [`estimator`]; the compiler points at the experiments whose
+//! protocols choose per-method settings (e.g. the comparison table's ρ).
 
-use std::fmt;
-use std::str::FromStr;
-
-use anyhow::{Result, bail};
-use clap::Args;
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 use sharpness::perturb::{Asam, AsamScope, FisherSam, InfoSam, MongeSam, Sam, Ssam, TwoPass};
 use sharpness::universal::{self, Sampler};
 use sharpness::{GradientEstimator, Plain};
 
-/// A method of the SAM family (or plain gradient descent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+/// A method of the SAM family (or plain training).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Method {
-    /// Plain (stochastic) gradient descent: the base optimizer alone.
-    Gd,
+    /// Plain training: the base optimizer alone (the library's `sgd`; `gd`, the lab's former
+    /// name, is still accepted).
+    #[serde(alias = "gd")]
+    #[value(alias = "gd")]
+    Sgd,
     /// SAM.
     Sam,
     /// ASAM.
@@ -26,101 +47,73 @@ pub enum Method {
     /// Fisher SAM.
     Fisher,
     /// Monge SAM.
+    #[value(aliases = ["m-sam", "monge"])]
     Msam,
     /// SSAM-F.
     Ssam,
     /// infoSAM.
     Infosam,
     /// Trace-SAM (universal class).
+    #[value(alias = "trace")]
     TraceSam,
     /// Frob-SAM (universal class).
+    #[value(alias = "frob")]
     FrobSam,
     /// Det-SAM (universal class).
+    #[value(alias = "det")]
     DetSam,
 }
 
-impl Method {
-    /// Every method, in the order reports list them.
-    pub const ALL: [Method; 10] = [
-        Method::Gd,
-        Method::Sam,
-        Method::Asam,
-        Method::Fisher,
-        Method::Msam,
-        Method::Ssam,
-        Method::Infosam,
-        Method::TraceSam,
-        Method::FrobSam,
-        Method::DetSam,
-    ];
+/// A method's row of the lab's table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MethodSpec {
+    /// The name papers and reports use.
+    pub display_name: &'static str,
+    /// Its colour in every figure.
+    pub color: RGBColor,
+    /// η (ASAM's T = |w| + η, Fisher's F = I + η g²) when `--eta` is not given.
+    pub eta: Option<f64>,
+    /// Samples m per step (universal class) when `--samples` is not given.
+    pub samples: Option<usize>,
+}
 
-    /// The command-line name.
+impl Method {
+    /// The command-line name (also the name in file paths, CSV and JSON).
     pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// The method's row of the table. Colours: Okabe–Ito and extras, colour-blind friendly.
+    pub fn spec(self) -> MethodSpec {
+        let row = |display_name, (r, g, b), eta, samples| MethodSpec {
+            display_name,
+            color: RGBColor(r, g, b),
+            eta,
+            samples,
+        };
         match self {
-            Method::Gd => "gd",
-            Method::Sam => "sam",
-            Method::Asam => "asam",
-            Method::Fisher => "fisher",
-            Method::Msam => "msam",
-            Method::Ssam => "ssam",
-            Method::Infosam => "infosam",
-            Method::TraceSam => "trace-sam",
-            Method::FrobSam => "frob-sam",
-            Method::DetSam => "det-sam",
+            Method::Sgd => row("SGD", (0, 114, 178), None, None),
+            Method::Sam => row("SAM", (213, 94, 0), None, None),
+            Method::Asam => row("ASAM", (0, 158, 115), Some(Asam::DEFAULT_ETA), None),
+            Method::Fisher => row(
+                "Fisher SAM",
+                (204, 121, 167),
+                Some(FisherSam::DEFAULT_ETA),
+                None,
+            ),
+            Method::Msam => row("M-SAM", (230, 159, 0), None, None),
+            Method::Ssam => row("SSAM-F", (86, 180, 233), None, None),
+            Method::Infosam => row("infoSAM", (0, 0, 0), None, None),
+            Method::TraceSam => row("Trace-SAM", (240, 228, 66), None, Some(1)),
+            // Frob-SAM's estimate of ‖∇²L‖²_F needs two samples.
+            Method::FrobSam => row("Frob-SAM", (127, 60, 141), None, Some(2)),
+            Method::DetSam => row("Det-SAM", (102, 102, 102), None, Some(1)),
         }
     }
 
     /// The name papers and reports use.
     pub fn display_name(self) -> &'static str {
-        match self {
-            Method::Gd => "GD/SGD",
-            Method::Sam => "SAM",
-            Method::Asam => "ASAM",
-            Method::Fisher => "Fisher SAM",
-            Method::Msam => "M-SAM",
-            Method::Ssam => "SSAM-F",
-            Method::Infosam => "infoSAM",
-            Method::TraceSam => "Trace-SAM",
-            Method::FrobSam => "Frob-SAM",
-            Method::DetSam => "Det-SAM",
-        }
-    }
-
-    /// Whether the method needs per-example losses (SSAM's Fisher mask).
-    pub fn needs_example_losses(self) -> bool {
-        self == Method::Ssam
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let lower = s.to_ascii_lowercase();
-        let name = match lower.as_str() {
-            "sgd" => "gd",
-            "m-sam" | "monge" => "msam",
-            "trace" => "trace-sam",
-            "frob" => "frob-sam",
-            "det" => "det-sam",
-            other => other,
-        };
-        match Method::ALL.iter().find(|m| m.name() == name) {
-            Some(m) => Ok(*m),
-            None => {
-                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                bail!(
-                    "unknown method `{s}` (expected one of: {})",
-                    names.join(", ")
-                )
-            }
-        }
+        self.spec().display_name
     }
 }
 
@@ -189,8 +182,13 @@ impl Default for MethodParams {
 /// The library estimator for `method` (invalid hyperparameters are rejected here, with the
 /// library's message).
 pub fn estimator(method: Method, params: &MethodParams) -> Result<Box<dyn GradientEstimator>> {
+    let spec = method.spec();
+    // A method that uses η or m has its default in the table (the round-trip test builds every
+    // method with the default flags).
+    let eta = || params.eta.or(spec.eta).expect("the table gives η");
+    let samples = || params.samples.or(spec.samples).expect("the table gives m");
     let boxed: Box<dyn GradientEstimator> = match method {
-        Method::Gd => Box::new(Plain),
+        Method::Sgd => Box::new(Plain),
         Method::Sam => Box::new(TwoPass::new(Sam)),
         Method::Msam => Box::new(TwoPass::new(MongeSam)),
         Method::Asam => {
@@ -199,14 +197,9 @@ pub fn estimator(method: Method, params: &MethodParams) -> Result<Box<dyn Gradie
             } else {
                 AsamScope::Weights
             };
-            Box::new(TwoPass::new(Asam::new(
-                params.eta.unwrap_or(Asam::DEFAULT_ETA),
-                scope,
-            )?))
+            Box::new(TwoPass::new(Asam::new(eta(), scope)?))
         }
-        Method::Fisher => Box::new(TwoPass::new(FisherSam::new(
-            params.eta.unwrap_or(FisherSam::DEFAULT_ETA),
-        )?)),
+        Method::Fisher => Box::new(TwoPass::new(FisherSam::new(eta())?)),
         Method::Ssam => Box::new(TwoPass::new(Ssam::new(
             params.sparsity,
             params.num_samples,
@@ -221,19 +214,19 @@ pub fn estimator(method: Method, params: &MethodParams) -> Result<Box<dyn Gradie
             };
             Box::new(universal::trace_sam(
                 params.lambda,
-                params.samples.unwrap_or(1),
+                samples(),
                 sampler,
                 params.sampler_seed,
             )?)
         }
         Method::FrobSam => Box::new(universal::frob_sam(
             params.lambda,
-            params.samples.unwrap_or(2),
+            samples(),
             params.sampler_seed,
         )?),
         Method::DetSam => Box::new(universal::det_sam(
             params.lambda,
-            params.samples.unwrap_or(1),
+            samples(),
             params.half_width,
             params.sampler_seed,
         )?),
@@ -243,23 +236,42 @@ pub fn estimator(method: Method, params: &MethodParams) -> Result<Box<dyn Gradie
 
 #[cfg(test)]
 mod tests {
+    use strum::VariantArray;
+
     use super::*;
 
     #[test]
-    fn names_round_trip_and_unknown_names_are_rejected() {
-        for m in Method::ALL {
-            assert_eq!(m.name().parse::<Method>().unwrap(), m);
-            assert_eq!(
-                estimator(m, &MethodParams::default())
-                    .unwrap()
-                    .name()
-                    .replace("sgd", "gd"),
-                m.name()
-            );
+    fn every_method_builds_with_the_default_flags_under_its_library_name() {
+        for &m in Method::VARIANTS {
+            let built = estimator(m, &MethodParams::default()).unwrap();
+            assert_eq!(built.name(), m.name());
         }
-        assert_eq!("SGD".parse::<Method>().unwrap(), Method::Gd);
-        let err = "adamsam".parse::<Method>().unwrap_err().to_string();
-        assert!(err.contains("unknown method `adamsam`"), "{err}");
+    }
+
+    #[test]
+    fn old_names_and_any_case_are_accepted() {
+        for (name, method) in [
+            ("gd", Method::Sgd),
+            ("SGD", Method::Sgd),
+            ("monge", Method::Msam),
+            ("M-SAM", Method::Msam),
+            ("frob", Method::FrobSam),
+        ] {
+            assert_eq!(Method::from_str(name, true), Ok(method), "{name}");
+        }
+        assert!(Method::from_str("adamsam", true).is_err());
+        let old: Method = serde_json::from_str("\"gd\"").unwrap();
+        assert_eq!(old, Method::Sgd);
+        assert_eq!(serde_json::to_string(&Method::Sgd).unwrap(), "\"sgd\"");
+    }
+
+    #[test]
+    fn every_method_has_its_own_colour() {
+        for (i, a) in Method::VARIANTS.iter().enumerate() {
+            for b in &Method::VARIANTS[..i] {
+                assert_ne!(a.spec().color, b.spec().color, "{a} and {b}");
+            }
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! `sharpness-lab reproduce`: runs every lab experiment into one directory and writes
 //! `report.md` from the experiments' sections.
 //!
-//! To add an experiment, add a function `fn(&Path, &ProgressBar) -> Result<ReportSection>` to
-//! [`SECTIONS`]; it writes its files under the output directory and returns its section.
+//! To add an experiment, add a variant to [`Experiment`] (its name on the command line is the
+//! variant's name in kebab case) and its arm in [`Experiment::section`]: a function
+//! `fn(&Path, &ProgressBar) -> Result<ReportSection>` that writes its files under the output
+//! directory and returns its section of the report.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use strum::VariantArray;
 
 use crate::report::{ReportSection, assemble_report, write_atomic};
 
@@ -25,21 +28,42 @@ pub struct ReproduceArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// Run only these experiments (repeatable): toys, bias, table.
-    #[arg(long, value_name = "NAME")]
-    pub only: Vec<String>,
+    /// Run only these experiments (repeatable).
+    #[arg(long, value_name = "NAME", value_enum)]
+    pub only: Vec<Experiment>,
 }
 
-/// An experiment of `reproduce`: writes its files under the output directory, advances the
-/// progress bar (extending its length first) and returns its report section.
-pub type Experiment = fn(&Path, &ProgressBar) -> Result<ReportSection>;
+/// The experiments of `reproduce`, in report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, strum::Display, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Experiment {
+    /// The toy landscapes (Monge SAM, Figures 1–5).
+    Toys,
+    /// The explicit bias of Frob-SAM and Trace-SAM (universal SAM, Fig. 2), reduced preset.
+    Bias,
+    /// The optimizer comparison (universal SAM, Tables 2–3 protocol), reduced preset.
+    Table,
+}
 
-/// Every experiment, in report order, and whether it needs the real datasets.
-pub const SECTIONS: &[(&str, Experiment, bool)] = &[
-    ("toys", crate::toys::reproduce, false),
-    ("bias", crate::experiments::bias::reproduce, true),
-    ("table", table_section, true),
-];
+/// An experiment's section: writes its files under the output directory, advances the progress
+/// bar (extending its length first) and returns its part of the report.
+pub type Section = fn(&Path, &ProgressBar) -> Result<ReportSection>;
+
+impl Experiment {
+    /// The function that runs it.
+    pub fn section(self) -> Section {
+        match self {
+            Experiment::Toys => crate::toys::reproduce,
+            Experiment::Bias => crate::experiments::bias::reproduce,
+            Experiment::Table => table_section,
+        }
+    }
+
+    /// Whether it trains on the real datasets (fetched on first use).
+    pub fn needs_data(self) -> bool {
+        self != Experiment::Toys
+    }
+}
 
 /// The comparison table's reduced preset (Fashion-MNIST, small subsets) as a section.
 fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
@@ -59,7 +83,10 @@ fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
 fn ensure_data(progress: &ProgressBar) -> Result<()> {
     let cache = crate::data::default_cache_dir();
     let verified = |name| crate::data::fetch::verify_dataset(&cache, name).is_ok();
-    if crate::data::DatasetName::ALL.into_iter().all(verified) {
+    if crate::data::DatasetName::VARIANTS
+        .iter()
+        .all(|&d| verified(d))
+    {
         return Ok(());
     }
     progress.suspend(|| {
@@ -73,7 +100,7 @@ fn ensure_data(progress: &ProgressBar) -> Result<()> {
     })
 }
 
-/// Runs every experiment of [`SECTIONS`] and writes `report.md` (atomically).
+/// Runs every experiment (or those of `--only`) and writes `report.md` (atomically).
 pub fn run(args: &ReproduceArgs) -> Result<()> {
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -88,23 +115,17 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     let started = Instant::now();
     let mut sections = vec![];
     let mut timings = vec![];
-    for only in &args.only {
-        anyhow::ensure!(
-            SECTIONS.iter().any(|(name, _, _)| name == only),
-            "unknown experiment `{only}` (expected one of: toys, bias, table)"
-        );
-    }
     let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
-    let selected = SECTIONS
+    let selected = Experiment::VARIANTS
         .iter()
-        .filter(|(name, _, _)| args.only.is_empty() || args.only.iter().any(|o| o == name));
-    for (name, experiment, needs_data) in selected {
-        if *needs_data {
+        .filter(|e| args.only.is_empty() || args.only.contains(e));
+    for &name in selected {
+        if name.needs_data() {
             ensure_data(&progress)?;
         }
         let t = Instant::now();
         sections.push(
-            experiment(&args.out, &progress).with_context(|| format!("experiment `{name}`"))?,
+            name.section()(&args.out, &progress).with_context(|| format!("experiment `{name}`"))?,
         );
         timings.push(format!("{name}: {:.1} s", t.elapsed().as_secs_f64()));
     }

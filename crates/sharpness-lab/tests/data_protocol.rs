@@ -9,6 +9,7 @@ use sharpness_lab::data::{
     self, DataError, DatasetName, IMAGE_PIXELS, Split, Variant, epoch_order, flip_labels, idx,
     protocol, subset,
 };
+use strum::VariantArray;
 
 /// Pearson chi-square statistic of `counts` against a uniform expectation.
 fn chi_square(counts: &[usize]) -> f64 {
@@ -202,7 +203,7 @@ fn write_fake(cache: &Path, name: DatasetName) {
 
 fn fake_cache() -> tempfile::TempDir {
     let cache = tempfile::tempdir().unwrap();
-    for name in DatasetName::ALL {
+    for &name in DatasetName::VARIANTS {
         write_fake(cache.path(), name);
     }
     cache
@@ -211,7 +212,7 @@ fn fake_cache() -> tempfile::TempDir {
 #[test]
 fn load_full_normalises_with_dataset_statistics() {
     let cache = fake_cache();
-    for name in DatasetName::ALL {
+    for &name in DatasetName::VARIANTS {
         let ds = data::load(name, Variant::Full, cache.path(), 0).unwrap();
         // The published pixel statistics of the full training sets.
         let (mean, std) = match name {

@@ -106,7 +106,7 @@ fn edited_data_is_refused_before_training() {
 #[test]
 fn a_checkpoint_whose_counters_disagree_is_refused() {
     let data = tiny_dataset(64, 20);
-    let config = tiny_config(ModelKind::Mlp, Method::Gd);
+    let config = tiny_config(ModelKind::Mlp, Method::Sgd);
     let tmp = tempfile::tempdir().unwrap();
     let options = RunOptions {
         stop_after: Some(1),
@@ -129,7 +129,7 @@ fn a_checkpoint_whose_counters_disagree_is_refused() {
 fn a_resume_on_other_data_is_refused_and_the_hash_is_recorded() {
     let mut data = tiny_dataset(64, 20);
     data.sha256 = Some("a".repeat(64));
-    let config = tiny_config(ModelKind::Mlp, Method::Gd);
+    let config = tiny_config(ModelKind::Mlp, Method::Sgd);
     let tmp = tempfile::tempdir().unwrap();
     let options = RunOptions {
         stop_after: Some(1),
@@ -151,7 +151,7 @@ fn a_resume_on_other_data_is_refused_and_the_hash_is_recorded() {
 fn an_empty_test_set_is_an_error() {
     let data = tiny_dataset(64, 0);
     let tmp = tempfile::tempdir().unwrap();
-    let config = tiny_config(ModelKind::Mlp, Method::Gd);
+    let config = tiny_config(ModelKind::Mlp, Method::Sgd);
     let err = train::run(&config, &data, &RunOptions::new(tmp.path())).unwrap_err();
     assert!(err.to_string().contains("test set"), "{err}");
 }
@@ -281,7 +281,7 @@ fn flags_are_checked_with_their_names() {
 #[test]
 fn plain_gd_records_the_rho_it_uses() {
     let config = TrainConfig {
-        method: Method::Gd,
+        method: Method::Sgd,
         rho: 7.0,
         ..TrainConfig::default()
     };
@@ -328,7 +328,7 @@ fn data_file_messages_name_the_problem_and_keep_the_cache() {
 #[test]
 fn the_resume_refusal_says_how_to_resume() {
     let data = tiny_dataset(64, 20);
-    let config = tiny_config(ModelKind::Mlp, Method::Gd);
+    let config = tiny_config(ModelKind::Mlp, Method::Sgd);
     let tmp = tempfile::tempdir().unwrap();
     train::run(&config, &data, &RunOptions::new(tmp.path())).unwrap();
     let other = TrainConfig { lr: 0.02, ..config };

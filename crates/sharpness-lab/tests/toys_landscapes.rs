@@ -3,6 +3,7 @@
 use sharpness_lab::methods::{Method, MethodParams};
 use sharpness_lab::toys::loss::{Loss, autodiff_gradient, device, hessian};
 use sharpness_lab::toys::sim;
+use strum::VariantArray;
 
 fn params() -> MethodParams {
     MethodParams {
@@ -132,7 +133,7 @@ fn autodiff_gradients_match_the_closed_forms() {
         [2.0, 1.1],
         [-2.9, 3.0],
     ];
-    for loss in Loss::ALL {
+    for &loss in Loss::VARIANTS {
         for theta in points {
             let (value, g) = autodiff_gradient(loss, theta, &device);
             let exact = loss.gradient(theta);
@@ -180,7 +181,7 @@ fn stability_matrix_and_the_equilibrium_criterion_at_the_saddle() {
         assert_eq!(s.eigenvalues[0][0] > 0.0, stable, "ρ̃ = {rt}");
     }
     // GD (ρ = 0): A = H.
-    let s = sim::stability(Loss::Banana, Method::Gd, 0.0, [0.3, 0.2]).unwrap();
+    let s = sim::stability(Loss::Banana, Method::Sgd, 0.0, [0.3, 0.2]).unwrap();
     let h = Loss::Banana.analytic_hessian([0.3, 0.2]).unwrap();
     let ev = sim::eigenvalues2(h);
     assert!(
@@ -206,7 +207,7 @@ fn figure_one_end_points() {
     };
     let msam = run(Method::Msam);
     let sam = run(Method::Sam);
-    let gd = run(Method::Gd);
+    let gd = run(Method::Sgd);
     eprintln!("M-SAM {msam:?}, SAM {sam:?}, GD {gd:?}");
     // M-SAM walks along the valley to the flattest minimum (−1, −1).
     assert!(

@@ -46,7 +46,7 @@ fn the_run_saves_its_configuration() {
     let data = tiny_dataset(64, 20);
     let config = TrainConfig {
         epochs: 1,
-        ..tiny_config(ModelKind::Mlp, Method::Gd)
+        ..tiny_config(ModelKind::Mlp, Method::Sgd)
     };
     let dir = tempfile::tempdir().unwrap();
     train::run(&config, &data, &RunOptions::new(dir.path())).unwrap();

@@ -89,7 +89,7 @@ fn interrupted_run() -> (Dataset, TrainConfig, tempfile::TempDir) {
     let data = tiny_dataset(64, 20);
     let config = TrainConfig {
         epochs: 2,
-        ..tiny_config(ModelKind::Mlp, Method::Gd)
+        ..tiny_config(ModelKind::Mlp, Method::Sgd)
     };
     let dir = tempfile::tempdir().unwrap();
     train::run(

@@ -13,9 +13,7 @@ pub mod idx;
 pub mod protocol;
 mod untar;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 pub use fetch::{FETCH_COMMAND, default_cache_dir, fetch_all, fetch_command, verify_cache};
 pub use idx::IdxError;
@@ -29,8 +27,22 @@ pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 pub const NUM_CLASSES: usize = 10;
 
 /// Which dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum DatasetName {
     /// Handwritten digits (LeCun et al.).
     Mnist,
@@ -39,15 +51,9 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
-    /// Both datasets.
-    pub const ALL: [DatasetName; 2] = [DatasetName::Mnist, DatasetName::FashionMnist];
-
     /// The name as written on the command line: `mnist` or `fashion-mnist`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mnist => "mnist",
-            Self::FashionMnist => "fashion-mnist",
-        }
+        self.into()
     }
 
     /// The dataset's directory inside the cache.
@@ -83,50 +89,42 @@ impl DatasetName {
     }
 }
 
-impl fmt::Display for DatasetName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DatasetName {
-    type Err = DataError;
-
-    /// Parses `mnist` or `fashion-mnist` (case-insensitive).
-    fn from_str(s: &str) -> Result<Self, DataError> {
-        match s.to_ascii_lowercase().as_str() {
-            "mnist" => Ok(Self::Mnist),
-            "fashion-mnist" => Ok(Self::FashionMnist),
-            _ => Err(DataError::UnknownDataset(s.to_owned())),
-        }
-    }
-}
-
 /// Which version of the training set; the test set is always the full one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 pub enum Variant {
     /// The full training set.
     #[serde(rename = "full")]
+    #[strum(serialize = "full")]
     Full,
     /// "-S": the first 10% of the training set, in file order.
     #[serde(rename = "S")]
+    #[strum(serialize = "S")]
+    #[value(name = "S", alias = "small")]
     Small,
     /// "-C": 20% of training labels flipped uniformly to a different class.
     #[serde(rename = "C")]
+    #[strum(serialize = "C")]
+    #[value(name = "C", alias = "corrupt")]
     Corrupt,
 }
 
 impl Variant {
-    /// All variants.
-    pub const ALL: [Variant; 3] = [Variant::Full, Variant::Small, Variant::Corrupt];
-
     /// The short name: `full`, `S` or `C`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::Small => "S",
-            Self::Corrupt => "C",
-        }
+        self.into()
     }
 
     /// Suffix for dataset labels: empty, `-S` or `-C`.
@@ -135,26 +133,6 @@ impl Variant {
             Self::Full => "",
             Self::Small => "-S",
             Self::Corrupt => "-C",
-        }
-    }
-}
-
-impl fmt::Display for Variant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Variant {
-    type Err = DataError;
-
-    /// Parses `full`, `S` or `C` (case-insensitive; `small`/`corrupt` also accepted).
-    fn from_str(s: &str) -> Result<Self, DataError> {
-        match s.to_ascii_lowercase().as_str() {
-            "full" => Ok(Self::Full),
-            "s" | "small" => Ok(Self::Small),
-            "c" | "corrupt" => Ok(Self::Corrupt),
-            _ => Err(DataError::UnknownVariant(s.to_owned())),
         }
     }
 }
@@ -249,12 +227,6 @@ pub enum DataError {
         /// Columns per image found.
         cols: usize,
     },
-    /// Not a dataset name.
-    #[error("unknown dataset {0:?}: expected \"mnist\" or \"fashion-mnist\"")]
-    UnknownDataset(String),
-    /// Not a variant name.
-    #[error("unknown dataset variant {0:?}: expected \"full\", \"S\" or \"C\"")]
-    UnknownVariant(String),
 }
 
 /// Loads `name` from `cache` and applies `variant`.
@@ -371,20 +343,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_names_and_variants() {
-        assert_eq!("mnist".parse::<DatasetName>().unwrap(), DatasetName::Mnist);
-        assert_eq!(
-            "Fashion-MNIST".parse::<DatasetName>().unwrap(),
-            DatasetName::FashionMnist
-        );
-        assert!("cifar10".parse::<DatasetName>().is_err());
-        assert_eq!("full".parse::<Variant>().unwrap(), Variant::Full);
-        assert_eq!("s".parse::<Variant>().unwrap(), Variant::Small);
-        assert_eq!("C".parse::<Variant>().unwrap(), Variant::Corrupt);
-        assert!("x".parse::<Variant>().is_err());
-        for v in Variant::ALL {
-            assert_eq!(v.as_str().parse::<Variant>().unwrap(), v);
-        }
+    fn parses_names_and_variants_in_any_case_with_the_old_aliases() {
+        use clap::ValueEnum;
+        let dataset = |s| DatasetName::from_str(s, true);
+        let variant = |s| Variant::from_str(s, true);
+        assert_eq!(dataset("mnist"), Ok(DatasetName::Mnist));
+        assert_eq!(dataset("Fashion-MNIST"), Ok(DatasetName::FashionMnist));
+        assert!(dataset("cifar10").is_err());
+        assert_eq!(variant("full"), Ok(Variant::Full));
+        assert_eq!(variant("s"), Ok(Variant::Small));
+        assert_eq!(variant("small"), Ok(Variant::Small));
+        assert_eq!(variant("C"), Ok(Variant::Corrupt));
+        assert!(variant("x").is_err());
+        assert_eq!(Variant::Small.to_string(), "S");
     }
 
     #[test]

@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use strum::VariantArray;
 
 use crate::data::{self, DatasetName, Variant};
 use crate::methods::{Method, MethodParams};
 use crate::models::ModelKind;
 use crate::report::{self, Figure, Panel, Series, Style};
+use crate::stats::{self, Summary};
 use crate::train::{
     self, Checkpoint, EpochMetrics, LrScheduleKind, OptimizerKind, RhoScheduleKind, RunOptions,
     TrainConfig,
@@ -61,9 +63,9 @@ impl TableConfig {
     pub fn full() -> Self {
         Self {
             preset: "full".into(),
-            datasets: DatasetName::ALL.to_vec(),
-            variants: Variant::ALL.to_vec(),
-            methods: Method::ALL.to_vec(),
+            datasets: DatasetName::VARIANTS.to_vec(),
+            variants: Variant::VARIANTS.to_vec(),
+            methods: Method::VARIANTS.to_vec(),
             seeds: vec![0, 1, 2],
             model: ModelKind::Mlp,
             width: 128,
@@ -127,7 +129,7 @@ impl TableConfig {
             Variant::Corrupt => corrupt,
         };
         let rho = match method {
-            Method::Gd => 0.0,
+            Method::Sgd => 0.0,
             Method::Sam | Method::Msam | Method::Infosam => 0.05,
             Method::Asam => {
                 params.eta = Some(0.01);
@@ -429,18 +431,6 @@ fn write_csv(out_dir: &Path, cells: &[CellRun]) -> Result<()> {
     report::write_atomic(&out_dir.join("results.csv"), &report::csv_bytes(&rows)?)
 }
 
-/// Mean and sample standard deviation.
-pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n.max(1.0);
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
-}
-
 fn final_accs(cells: &[CellRun], tag: &str, method: Method) -> Vec<f64> {
     cells
         .iter()
@@ -456,9 +446,12 @@ fn markdown(config: &TableConfig, tags: &[String], cells: &[CellRun], seconds: f
     for &method in &config.methods {
         let mut row = vec![method.display_name().to_string()];
         for tag in tags {
-            let (mean, std) = mean_std(&final_accs(cells, tag, method));
-            // Bold the best mean of each column below.
-            row.push(format!("{mean:.2} ± {std:.2}"));
+            let s = Summary::of(&final_accs(cells, tag, method));
+            // Bold the best mean of each column below; one seed has no spread.
+            row.push(match s.n {
+                1 => format!("{:.2}", s.mean),
+                _ => format!("{:.2} ± {:.2}", s.mean, s.std),
+            });
         }
         rows.push(row);
     }
@@ -466,10 +459,10 @@ fn markdown(config: &TableConfig, tags: &[String], cells: &[CellRun], seconds: f
         let best = config
             .methods
             .iter()
-            .map(|&m| mean_std(&final_accs(cells, tag, m)).0)
+            .map(|&m| stats::mean(&final_accs(cells, tag, m)))
             .fold(f64::NEG_INFINITY, f64::max);
         for (r, &m) in config.methods.iter().enumerate() {
-            if mean_std(&final_accs(cells, tag, m)).0 == best {
+            if stats::mean(&final_accs(cells, tag, m)) == best {
                 rows[r][col + 1] = format!("**{}**", rows[r][col + 1]);
             }
         }
@@ -517,7 +510,7 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
     for tag in tags {
         let mut series = Vec::new();
         let (mut lo, mut hi) = (100.0f64, 0.0f64);
-        for (k, &method) in config.methods.iter().enumerate() {
+        for &method in &config.methods {
             let runs: Vec<&CellRun> = cells
                 .iter()
                 .filter(|c| &c.tag == tag && c.method == method)
@@ -529,18 +522,17 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
                         .filter_map(|c| c.metrics.get(e))
                         .map(|m| 100.0 * m.test_acc)
                         .collect();
-                    ((e + 1) as f64, mean_std(&accs).0)
+                    ((e + 1) as f64, stats::mean(&accs))
                 })
                 .collect();
             for &(_, y) in &points {
                 lo = lo.min(y);
                 hi = hi.max(y);
             }
-            let color = report::PALETTE[k % report::PALETTE.len()];
             series.push(Series::new(
                 method.display_name(),
                 points,
-                color,
+                method.spec().color,
                 Style::LinePoints(3),
             ));
         }

@@ -6,10 +6,6 @@
 //! backend's global RNG, so the same seed gives the same network whatever else runs in the
 //! process (tests run in parallel).
 
-use std::fmt;
-use std::str::FromStr;
-
-use anyhow::bail;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -23,45 +19,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
 
+mod mlp6;
+pub use mlp6::Mlp6;
+
 /// Which network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum ModelKind {
     /// 784 → w → w → 10 with ReLU (w = `width`, default 256).
     Mlp,
     /// Two conv(3×3)–BatchNorm–ReLU–maxpool blocks (16, 32 channels), then a linear layer.
     Cnn,
     /// A ResNet-8 for 28×28: stem + three basic blocks (16, 32, 64 channels), global pooling.
+    #[value(alias = "resnet8")]
     Resnet,
 }
 
 impl ModelKind {
     /// The command-line name.
     pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Mlp => "mlp",
-            ModelKind::Cnn => "cnn",
-            ModelKind::Resnet => "resnet",
-        }
-    }
-}
-
-impl fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for ModelKind {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "mlp" => Ok(ModelKind::Mlp),
-            "cnn" => Ok(ModelKind::Cnn),
-            "resnet" | "resnet8" => Ok(ModelKind::Resnet),
-            _ => bail!("unknown model `{s}` (expected mlp, cnn or resnet)"),
-        }
+        self.into()
     }
 }
 

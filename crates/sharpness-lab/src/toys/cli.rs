@@ -23,12 +23,12 @@ pub enum ToyCommand {
 /// Settings shared by `toy run` and `toy grid`.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Toy loss: banana, sinc, paraboloid (paraboloid is ℓ = θ₁², θ₂ inert).
-    #[arg(long, default_value = "banana")]
-    pub loss: String,
-    /// Method (gd, sam, asam, fisher, msam, ssam, infosam, trace-sam, frob-sam, det-sam).
-    #[arg(long, default_value = "msam")]
-    pub method: String,
+    /// Toy loss (paraboloid is ℓ = θ₁², θ₂ inert).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Loss::Banana)]
+    pub loss: Loss,
+    /// Method.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Method::Msam)]
+    pub method: Method,
     /// Perturbation radius ρ ≥ 0.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub rho: f64,
@@ -75,11 +75,11 @@ pub struct GridArgs {
 #[derive(Args, Debug)]
 pub struct StabilityArgs {
     /// Toy loss.
-    #[arg(long, default_value = "banana")]
-    pub loss: String,
-    /// Method: gd, sam or msam.
-    #[arg(long, default_value = "msam")]
-    pub method: String,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Loss::Banana)]
+    pub loss: Loss,
+    /// Method: sgd, sam or msam.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Method::Msam)]
+    pub method: Method,
     /// Perturbation radius ρ ≥ 0.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub rho: f64,
@@ -133,11 +133,9 @@ fn coordinate(v: f64) -> String {
 /// The loss, the method and the ρ it actually uses (plain gradient descent has none: 0 is
 /// recorded, whatever `--rho` said).
 fn parse_common(c: &Common) -> Result<(Loss, Method, f64)> {
-    let loss: Loss = c.loss.parse()?;
-    let method: Method = c.method.parse()?;
     sim::check_settings(c.rho, c.lr)?;
-    let rho = if method == Method::Gd { 0.0 } else { c.rho };
-    Ok((loss, method, rho))
+    let rho = if c.method == Method::Sgd { 0.0 } else { c.rho };
+    Ok((c.loss, c.method, rho))
 }
 
 /// Runs a `toy` subcommand, printing its result.
@@ -244,8 +242,7 @@ pub fn run(command: ToyCommand) -> Result<()> {
             }
         }
         ToyCommand::Stability(a) => {
-            let loss: Loss = a.loss.parse()?;
-            let method: Method = a.method.parse()?;
+            let (loss, method) = (a.loss, a.method);
             let at = parse_pair("at", &a.at)?;
             let s = sim::stability(loss, method, a.rho, at)?;
             let finite = s.eigenvalues.iter().flatten().all(|v| v.is_finite());

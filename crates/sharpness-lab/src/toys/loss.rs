@@ -9,10 +9,6 @@
 //! moves, so every global norm ‖g‖ equals |∂ℓ/∂θ₁| and the iterates of θ₁ are those of the 1-D
 //! problem (the second coordinate is reported but meaningless).
 
-use std::fmt;
-use std::str::FromStr;
-
-use anyhow::{Result, bail};
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -23,8 +19,20 @@ use sharpness::{Objective, ParamSet};
 pub const SINC_TAYLOR_BELOW: f64 = 1e-4;
 
 /// A toy loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Loss {
     /// ℓ = (1 − θ₁θ₂)²: saddle at 0, banana of minima θ₁θ₂ = 1, flattest at ±(1, 1).
     Banana,
@@ -35,16 +43,9 @@ pub enum Loss {
 }
 
 impl Loss {
-    /// Every toy loss.
-    pub const ALL: [Loss; 3] = [Loss::Banana, Loss::Sinc, Loss::Paraboloid];
-
     /// The command-line name.
     pub fn name(self) -> &'static str {
-        match self {
-            Loss::Banana => "banana",
-            Loss::Sinc => "sinc",
-            Loss::Paraboloid => "paraboloid",
-        }
+        self.into()
     }
 
     /// ℓ(θ) in closed form.
@@ -112,26 +113,6 @@ impl Loss {
                 }
             }
             Loss::Paraboloid => x.square(),
-        }
-    }
-}
-
-impl fmt::Display for Loss {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Loss {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match Loss::ALL
-            .iter()
-            .find(|l| l.name() == s.to_ascii_lowercase())
-        {
-            Some(l) => Ok(*l),
-            None => bail!("unknown loss `{s}` (expected one of: banana, sinc, paraboloid)"),
         }
     }
 }

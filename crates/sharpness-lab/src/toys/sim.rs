@@ -2,6 +2,7 @@
 //! matrix A_ρ(θ) of `docs/algorithms.md` §9.2.
 
 use anyhow::{Result, bail};
+use rayon::prelude::*;
 use serde::Serialize;
 use sharpness::optim::base;
 use sharpness::perturb::{MongeSam, Sam, perturbation};
@@ -122,9 +123,8 @@ pub fn run_keeping(
     Ok(traj)
 }
 
-/// Runs one trajectory per start, spread over the available cores (`std::thread::scope`; each
-/// worker takes the next unstarted start, so runs that stop early do not leave a core idle).
-/// Results are in the order of `starts`.
+/// Runs one trajectory per start, spread over the available cores (rayon's work stealing, so
+/// runs that stop early do not leave a core idle). Results are in the order of `starts`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_many(
     loss: Loss,
@@ -153,45 +153,17 @@ pub fn run_many_keeping(
     keep_iterates: bool,
 ) -> Result<Vec<Trajectory>> {
     check_settings(rho, lr)?;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(starts.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Vec<(usize, Result<Trajectory>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(start) = starts.get(i) else {
-                            break done;
-                        };
-                        let t = run_keeping(
-                            loss,
-                            method,
-                            params,
-                            rho,
-                            lr,
-                            steps,
-                            *start,
-                            keep_iterates,
-                        );
-                        done.push((i, t));
-                        on_done();
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("toy worker panicked"))
-            .collect()
-    });
-    let mut indexed: Vec<(usize, Result<Trajectory>)> = results.into_iter().flatten().collect();
-    indexed.sort_by_key(|(i, _)| *i);
-    indexed.into_iter().map(|(_, t)| t).collect()
+    // Every run is independent of the others and of the thread it runs on; results are
+    // collected in the order of `starts`, and the first failure in that order is reported.
+    let runs: Vec<Result<Trajectory>> = starts
+        .par_iter()
+        .map(|&start| {
+            let t = run_keeping(loss, method, params, rho, lr, steps, start, keep_iterates);
+            on_done();
+            t
+        })
+        .collect();
+    runs.into_iter().collect()
 }
 
 /// `n` evenly spaced values from `lo` to `hi` (numpy's linspace).
@@ -283,9 +255,9 @@ pub struct Stability {
 }
 
 /// The methods whose perturbation is ρ̃∇ℓ, for which A_ρ is defined (`docs/algorithms.md` §9.2).
-pub const STABILITY_METHODS: [Method; 3] = [Method::Gd, Method::Sam, Method::Msam];
+pub const STABILITY_METHODS: [Method; 3] = [Method::Sgd, Method::Sam, Method::Msam];
 
-/// A_ρ(θ) of `docs/algorithms.md` §9.2 for `method` ∈ {gd, sam, msam}. The perturbation δ comes from the
+/// A_ρ(θ) of `docs/algorithms.md` §9.2 for `method` ∈ {sgd, sam, msam}. The perturbation δ comes from the
 /// library's own `perturb::perturbation`, ρ̃ = ‖δ‖/‖∇ℓ‖ is held constant (its derivative is
 /// ignored, as in the paper), Hessians are central differences of autodiff gradients.
 pub fn stability(loss: Loss, method: Method, rho: f64, theta: [f64; 2]) -> Result<Stability> {
@@ -309,7 +281,7 @@ pub fn stability_with(
         bail!("--rho must be a finite number >= 0 (got {rho})");
     }
     let delta = match method {
-        Method::Gd => [0.0, 0.0],
+        Method::Sgd => [0.0, 0.0],
         Method::Sam | Method::Msam => {
             let gs = ParamSet::from_values(device, &[("weight", &[2], &g)]);
             let ws = gs.with_values(&theta);

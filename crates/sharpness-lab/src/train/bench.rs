@@ -76,7 +76,7 @@ pub fn run(
             ..bench_params(method)
         };
         let estimator = crate::methods::estimator(method, &params)?;
-        let rho = if method == Method::Gd {
+        let rho = if method == Method::Sgd {
             0.0
         } else {
             config.rho
@@ -113,12 +113,11 @@ pub fn run(
             }
             passes = out.passes;
         }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let median = crate::stats::upper_median(&times);
         let rate = batch_size as f64 / median;
         let sgd_rate = rows
             .iter()
-            .find(|r| r.method == Method::Gd)
+            .find(|r| r.method == Method::Sgd)
             .map_or(rate, |r| r.examples_per_sec);
         let row = BenchRow {
             method,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use strum::VariantArray;
 
 use super::{RunOptions, TrainConfig};
 use crate::experiments::table::{self, TableConfig};
@@ -103,13 +104,13 @@ pub struct TableArgs {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
     /// Override the preset's methods.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
     /// Override the preset's datasets.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
     pub datasets: Option<Vec<data::DatasetName>>,
     /// Override the preset's variants.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
     pub variants: Option<Vec<data::Variant>>,
     /// Override the preset's epochs.
     #[arg(long)]
@@ -205,7 +206,7 @@ pub fn data(command: DataCommand) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Network.
-    #[arg(long, value_enum, default_value_t = ModelKind::Cnn)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ModelKind::Cnn)]
     pub model: ModelKind,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
@@ -217,7 +218,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Methods (default: all; SGD is always measured first for the ratios).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
     /// JSON output.
     #[arg(long, default_value = "results/bench.json")]
@@ -237,12 +238,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let width = TrainConfig::default().width;
     limits::ensure_training_fits(args.model, width, args.batch_size, data_bytes)?;
     outdir::check_output_file(&args.out, "--out")?;
-    let mut methods = vec![Method::Gd];
+    let mut methods = vec![Method::Sgd];
     methods.extend(
         args.methods
-            .unwrap_or_else(|| Method::ALL.to_vec())
+            .unwrap_or_else(|| Method::VARIANTS.to_vec())
             .into_iter()
-            .filter(|&m| m != Method::Gd),
+            .filter(|&m| m != Method::Sgd),
     );
     let report = super::bench::run(
         args.model,

@@ -50,11 +50,11 @@ pub enum RhoScheduleKind {
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Dataset: mnist or fashion-mnist.
-    #[arg(long, default_value = "fashion-mnist")]
+    /// Dataset.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = DatasetName::FashionMnist)]
     pub dataset: DatasetName,
     /// Training-set variant: full, S (first 10%) or C (20% labels flipped).
-    #[arg(long, default_value = "full")]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Variant::Full)]
     pub variant: Variant,
     /// Seed of the label flips of the C variant (fixed across seeds, as in the paper's protocol).
     #[arg(long, default_value_t = 0)]
@@ -66,13 +66,13 @@ pub struct TrainConfig {
     #[arg(long)]
     pub test_limit: Option<usize>,
     /// Network.
-    #[arg(long, value_enum, default_value_t = ModelKind::Cnn)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ModelKind::Cnn)]
     pub model: ModelKind,
     /// Hidden width of the MLP.
     #[arg(long, default_value_t = 256)]
     pub width: usize,
-    /// Method (gd/sgd, sam, asam, fisher, msam, ssam, infosam, trace-sam, frob-sam, det-sam).
-    #[arg(long, default_value = "sam")]
+    /// Method.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Method::Sam)]
     pub method: Method,
     /// Perturbation radius ρ (ρ_max with `--rho-schedule proportional`).
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
@@ -247,7 +247,7 @@ impl TrainConfig {
     /// plain GD, which does not use them.
     pub fn normalised(&self) -> Self {
         let mut config = self.clone();
-        if config.method == Method::Gd {
+        if config.method == Method::Sgd {
             config.rho = 0.0;
             config.rho_min = 0.0;
             config.rho_schedule = RhoScheduleKind::Constant;

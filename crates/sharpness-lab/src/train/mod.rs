@@ -9,9 +9,9 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod epoch;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -25,6 +25,7 @@ use sharpness::{Objective, SharpnessAware, StateRecord};
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 pub use config::{LrScheduleKind, OptimizerKind, RhoScheduleKind, TrainConfig};
+pub use epoch::{Classifier, EpochSummary, TrainObjective, count_correct, evaluate, train_epoch};
 
 use crate::data::{self, Dataset, IMAGE_PIXELS, IMAGE_SIDE, Split};
 use crate::models::Network;
@@ -257,53 +258,53 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
         let lr = config.lr_at(epoch);
         let order = data::epoch_order(train.n, config.seed, epoch);
         let bar = progress_bar(options.progress, steps_per_epoch as u64, config, epoch);
-        let started = Instant::now();
-        let (mut loss_sum, mut correct, mut seen, mut rho) = (0.0, 0usize, 0usize, 0.0);
-        for (b, batch) in order.chunks_exact(config.batch_size).enumerate() {
+        let objective = |batch: &[usize], step| {
             let (x, y) = batch_tensors(train, batch, &device);
-            let mut objective = BatchObjective {
+            BatchObjective {
                 x,
                 y,
                 loss_fn: &loss_fn,
                 train,
                 seed: config.seed,
-                step: optimizer.steps(),
+                step,
                 device: &device,
                 first_logits: None,
-            };
-            let step = optimizer
-                .step(&model, lr, &mut objective)
-                .with_context(|| format!("{}: epoch {}, batch {b}", config.label(), epoch + 1))?;
-            model = step.model;
-            rho = step.rho;
-            loss_sum += step.loss;
-            correct += objective.correct();
-            seen += batch.len();
-            if let Some(bar) = &bar {
-                bar.inc(1);
-                if b % 10 == 0 || b + 1 == steps_per_epoch {
-                    let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_message(format!(
-                        "loss {:.4} acc {:.2}% {:.0} ex/s",
-                        loss_sum / (b + 1) as f64,
-                        100.0 * correct as f64 / seen as f64,
-                        rate
-                    ));
-                }
             }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let (test_loss, test_acc) = evaluate(&model, &dataset.test, &loss_fn, &device);
+        };
+        let (trained, epoch_summary) = train_epoch(
+            &mut optimizer,
+            model,
+            lr,
+            &order,
+            config.batch_size,
+            objective,
+            bar.as_ref(),
+        )
+        .with_context(|| format!("{}: epoch {}", config.label(), epoch + 1))?;
+        model = trained;
+        let (test_loss, test_acc) = evaluate(
+            &model,
+            &dataset.test,
+            |logits, y| loss_fn.forward(logits, y),
+            &device,
+        );
+        let EpochSummary {
+            mean_loss,
+            accuracy,
+            rho,
+            examples,
+            seconds,
+        } = epoch_summary;
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr,
             rho,
-            train_loss: loss_sum / steps_per_epoch as f64,
-            train_acc: correct as f64 / seen as f64,
+            train_loss: mean_loss,
+            train_acc: accuracy,
             test_loss,
             test_acc,
             seconds,
-            examples_per_sec: seen as f64 / seconds.max(1e-9),
+            examples_per_sec: examples as f64 / seconds.max(1e-9),
         };
         if let Some(bar) = bar {
             bar.finish_with_message(format!(
@@ -463,36 +464,10 @@ pub(crate) fn batch_tensors(
     (x, y)
 }
 
-/// Mean loss and accuracy on `split`, in evaluation mode.
-pub fn evaluate(
-    model: &Network,
-    split: &Split,
-    loss_fn: &CrossEntropyLoss,
-    device: &Device,
-) -> (f64, f64) {
-    let model = model.valid();
-    let device = device.clone().inner();
-    let (mut loss_sum, mut correct) = (0.0, 0usize);
-    let indices: Vec<usize> = (0..split.n).collect();
-    for chunk in indices.chunks(1000) {
-        let (x, y) = batch_tensors(split, chunk, &device);
-        let logits = model.forward(x);
-        correct += count_correct(logits.clone(), y.clone());
-        loss_sum += loss_fn.forward(logits, y).into_scalar::<f64>() * chunk.len() as f64;
+impl Classifier for Network {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward(images)
     }
-    let n = split.n.max(1) as f64;
-    (loss_sum / n, correct as f64 / n)
-}
-
-fn count_correct(logits: Tensor<2>, y: Tensor<1, Int>) -> usize {
-    let [b, _] = logits.dims();
-    logits
-        .argmax(1)
-        .reshape([b])
-        .equal(y)
-        .int()
-        .sum()
-        .into_scalar::<i64>() as usize
 }
 
 /// The objective of one step: cross-entropy on the batch; single examples for SSAM drawn from
@@ -508,12 +483,13 @@ pub(crate) struct BatchObjective<'a> {
     pub(crate) first_logits: Option<Tensor<2>>,
 }
 
-impl BatchObjective<'_> {
-    /// Correct predictions of pass 0 (at the unperturbed weights).
-    fn correct(&self) -> usize {
-        self.first_logits
-            .clone()
-            .map_or(0, |logits| count_correct(logits, self.y.clone().inner()))
+impl TrainObjective<Network> for BatchObjective<'_> {
+    fn correct(&self) -> Option<usize> {
+        Some(
+            self.first_logits
+                .clone()
+                .map_or(0, |logits| count_correct(logits, self.y.clone().inner())),
+        )
     }
 }
 

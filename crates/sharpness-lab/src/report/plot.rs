@@ -1,106 +1,14 @@
-//! Report helpers shared by every experiment: atomic writes, markdown sections and tables, and
-//! simple multi-panel figures (lines, points, bars, arrows, heat maps with contour lines) saved as
-//! PNG and SVG with plotters.
+//! Simple multi-panel figures (lines, points, bars, arrows, heat maps with contour lines) saved as
+//! PNG and SVG with plotters, and the helpers the figures share (histogram, palette).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory (created if
-/// missing), flushed to disk, then renamed over `path`; a crash leaves either the old or the new
-/// file, never a mixture.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = temp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
-}
-
-/// A temporary path next to `path`, unique per process and call: `.{name}.tmp-{pid}-{n}`
-/// ([`temp_file_pid`] reads the pid back, so that a later run can remove a killed run's files).
-pub fn temp_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// The pid in a name made by [`temp_path`] (also with an extension appended), if it is one.
-pub fn temp_file_pid(path: &Path) -> Option<u32> {
-    let name = path.file_name()?.to_str()?;
-    let (_, tail) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
-    let (pid, rest) = tail.split_once('-')?;
-    let counter = rest.split('.').next()?;
-    counter.parse::<u64>().ok()?;
-    pid.parse().ok()
-}
-
-/// A section of `report.md`: a title and a markdown body (which may link figures by relative
-/// path).
-#[derive(Clone, Debug, Default)]
-pub struct ReportSection {
-    /// The section heading (rendered as `## title`).
-    pub title: String,
-    /// Markdown body.
-    pub body: String,
-}
-
-/// A whole report: a title, an introduction and its sections.
-pub fn assemble_report(title: &str, intro: &str, sections: &[ReportSection]) -> String {
-    let mut out = format!("# {title}\n\n{intro}\n\n");
-    for s in sections {
-        out.push_str(&format!("## {}\n\n{}\n\n", s.title, s.body.trim_end()));
-    }
-    out
-}
-
-/// A markdown table (cells are inserted as they are; `|` is escaped).
-pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let esc = |s: &str| s.replace('|', "\\|");
-    let mut out = format!(
-        "| {} |\n|{}\n",
-        headers
-            .iter()
-            .map(|h| esc(h))
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|".repeat(headers.len())
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "| {} |\n",
-            r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")
-        ));
-    }
-    out
-}
-
-/// Serialises rows to CSV bytes.
-pub fn csv_bytes<S: serde::Serialize>(rows: &[S]) -> Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(vec![]);
-    for r in rows {
-        w.serialize(r)?;
-    }
-    w.into_inner().map_err(|e| anyhow!("{e}"))
-}
+use super::files::{temp_path, write_atomic};
 
 /// A colour map for heat maps.
 #[derive(Clone, Copy, Debug)]
@@ -626,32 +534,9 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(102, 102, 102),
 ];
 
-/// For command dispatch: on error, prints `error: …` (the whole cause chain on one line, never a
-/// backtrace, whatever `RUST_BACKTRACE` says) to stderr and exits with status 1 (clap's usage
-/// errors have 2).
-pub fn exit_on_error(result: Result<()>) -> Result<()> {
-    if let Err(e) = result {
-        let msg = format!("{e:#}").replace('\n', " ");
-        eprintln!("error: {msg}");
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn temporary_names_are_unique_and_carry_the_pid() {
-        let a = temp_path(Path::new("out/metrics.csv"));
-        let b = temp_path(Path::new("out/metrics.csv"));
-        assert_ne!(a, b);
-        assert_eq!(temp_file_pid(&a), Some(std::process::id()));
-        let png = PathBuf::from(format!("{}.png", a.display()));
-        assert_eq!(temp_file_pid(&png), Some(std::process::id()));
-        assert_eq!(temp_file_pid(Path::new("out/metrics.csv")), None);
-    }
 
     #[test]
     fn a_figure_that_cannot_be_written_leaves_nothing_and_names_the_path() {
