@@ -1,5 +1,6 @@
 //! `sharpness-lab`: experiments, data, models and reports for the `sharpness` library.
 pub mod data;
+pub mod device;
 pub mod experiments;
 pub mod limits;
 pub mod methods;

@@ -14,6 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where networks train and benchmarks run (the toy landscapes always run on the CPU).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    device: sharpness_lab::device::DeviceChoice,
 }
 
 #[derive(Subcommand)]
@@ -44,6 +47,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Every error leaves through one place: one line, exit status 1, no backtrace.
+    sharpness_lab::report::exit_on_error(sharpness_lab::device::select(cli.device))?;
     sharpness_lab::report::exit_on_error(match cli.command {
         // CLI-DISPATCH (one arm per subcommand; keep this marker)
         Command::Bias(args) => sharpness_lab::experiments::bias::cli(args),

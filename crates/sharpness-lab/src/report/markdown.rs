@@ -12,7 +12,8 @@ pub struct ReportSection {
 
 /// A whole report: a title, an introduction and its sections.
 pub fn assemble_report(title: &str, intro: &str, sections: &[ReportSection]) -> String {
-    let mut out = format!("# {title}\n\n{intro}\n\n");
+    let device = crate::device::name();
+    let mut out = format!("# {title}\n\n{intro}\n\nComputed on {device}.\n\n");
     for s in sections {
         out.push_str(&format!("## {}\n\n{}\n\n", s.title, s.body.trim_end()));
     }

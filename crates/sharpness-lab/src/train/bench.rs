@@ -41,6 +41,8 @@ pub struct BenchReport {
     pub warmup: usize,
     /// Build profile (`release` or `debug`).
     pub profile: String,
+    /// The device (`--device`).
+    pub device: String,
     /// Rows, in `methods` order.
     pub rows: Vec<BenchRow>,
 }
@@ -148,6 +150,7 @@ pub fn run(
         steps,
         warmup,
         profile,
+        device: crate::device::name(),
         rows,
     })
 }
@@ -185,5 +188,12 @@ pub fn markdown(report: &BenchReport) -> String {
             ]
         })
         .collect();
-    crate::report::markdown_table(&headers, &rows)
+    format!(
+        "{} on {}, batch {}, {} build:\n\n{}",
+        report.model,
+        report.device,
+        report.batch_size,
+        report.profile,
+        crate::report::markdown_table(&headers, &rows)
+    )
 }

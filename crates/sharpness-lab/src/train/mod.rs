@@ -60,6 +60,9 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training examples per second (not deterministic).
     pub examples_per_sec: f64,
+    /// The device the epoch ran on (`--device`; a resumed run may change it).
+    #[serde(default)]
+    pub device: String,
 }
 
 impl EpochMetrics {
@@ -113,10 +116,7 @@ pub struct RunResult {
     pub steps: u64,
 }
 
-/// The compute device: Flex on the CPU, with autodiff.
-pub fn device() -> Device {
-    Device::flex().autodiff()
-}
+pub use crate::device::device;
 
 /// Loads the configuration's dataset from the cache after verifying it against the recorded sums
 /// (applying `train_limit`/`test_limit`).
@@ -305,6 +305,7 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
             test_acc,
             seconds,
             examples_per_sec: examples as f64 / seconds.max(1e-9),
+            device: crate::device::name(),
         };
         if let Some(bar) = bar {
             bar.finish_with_message(format!(
