@@ -2,8 +2,9 @@
 //!
 //! - [`SharpnessAwareTraining`]: a training strategy for
 //!   `SupervisedTraining::with_training_strategy` that runs every batch through any method of the
-//!   library (stateful ones included) and steps the `Learner`'s own optimizer with the estimated
-//!   gradient. ρ schedules follow the `Learner`'s learning-rate scheduler; validation, metrics
+//!   library (stateful ones included; SSAM also needs
+//!   [`SharpnessAwareTraining::with_example_losses`]) and steps the `Learner`'s own optimizer with
+//!   the estimated gradient. ρ schedules follow the `Learner`'s learning-rate scheduler; validation, metrics
 //!   (fed with the output of pass 0), checkpointing, early stopping and interruption run as in
 //!   Burn's single-device loop, and the estimator's state is saved beside the `Learner`'s
 //!   checkpoints and restored on resume. The one-line change:
@@ -43,7 +44,7 @@ use burn::train::{
 };
 
 use crate::error::SharpnessError;
-use crate::objective::Pass;
+use crate::objective::{GradientObjective, Pass};
 use crate::optim::{RhoSchedule, SharpnessGradient};
 use crate::perturb::{Preconditioner, TwoPass};
 use crate::state::StateRecord;
@@ -71,16 +72,34 @@ loss_field!(
     SequenceOutput
 );
 
-/// Pass `item` through the model's own `TrainStep::step`.
-fn train_pass<M: TrainStep>(model: &M, item: M::Input) -> Pass<M::Output>
+/// Per-example losses for SSAM's Fisher mask: the loss of the `draw`-th example of a batch.
+pub type ExampleLosses<M> =
+    Box<dyn Fn(&M, &<M as TrainStep>::Input, usize) -> Tensor<1> + Send + Sync>;
+
+/// A batch through the model's own `TrainStep::step`, as an objective.
+struct TrainPass<'a, M: TrainStep> {
+    item: &'a M::Input,
+    examples: Option<&'a ExampleLosses<M>>,
+}
+
+impl<M: TrainStep> GradientObjective<M> for TrainPass<'_, M>
 where
+    M::Input: Clone,
     M::Output: LossOutput,
 {
-    let TrainOutput { grads, item } = TrainStep::step(model, item);
-    Pass {
-        loss: item.loss().detach(),
-        grads,
-        output: item,
+    type Output = M::Output;
+
+    fn pass(&mut self, model: &M) -> Pass<M::Output> {
+        let TrainOutput { grads, item } = TrainStep::step(model, self.item.clone());
+        Pass {
+            loss: item.loss().detach(),
+            grads,
+            output: item,
+        }
+    }
+
+    fn example_loss(&mut self, model: &M, draw: usize) -> Option<Tensor<1>> {
+        self.examples.map(|losses| losses(model, self.item, draw))
     }
 }
 
@@ -115,14 +134,19 @@ pub fn sharpness_aware_step<M: Module, P: Preconditioner + Clone + 'static, O>(
 }
 
 /// A training strategy that makes `SupervisedTraining` sharpness-aware (see the module docs).
-pub struct SharpnessAwareTraining {
+pub struct SharpnessAwareTraining<M: LearnerModel> {
     device: Device,
     gradient: Mutex<SharpnessGradient>,
     directory: PathBuf,
     error: Mutex<Option<SharpnessError>>,
+    examples: Option<ExampleLosses<M>>,
 }
 
-impl SharpnessAwareTraining {
+impl<M: LearnerModel> SharpnessAwareTraining<M>
+where
+    <M as TrainStep>::Input: Clone,
+    <M as TrainStep>::Output: LossOutput,
+{
     /// Training on `device` with `gradient` (any estimator with its ρ schedule). `directory` is
     /// the one given to `SupervisedTraining::new`: the estimator's state goes to its
     /// `checkpoint/` folder, as `sharpness-<epoch>.bpk` beside the `Learner`'s files.
@@ -132,16 +156,24 @@ impl SharpnessAwareTraining {
             gradient: Mutex::new(gradient),
             directory: directory.as_ref().join("checkpoint"),
             error: Mutex::new(None),
+            examples: None,
         }
+    }
+
+    /// The loss of one example of a batch (the `draw`-th; e.g. example `draw % batch size`), for
+    /// methods that need per-example losses (SSAM's Fisher mask); without it they stop with an
+    /// error naming what is missing.
+    pub fn with_example_losses(
+        mut self,
+        losses: impl Fn(&M, &<M as TrainStep>::Input, usize) -> Tensor<1> + Send + Sync + 'static,
+    ) -> Self {
+        self.examples = Some(Box::new(losses));
+        self
     }
 
     /// For `SupervisedTraining::with_training_strategy`. Keep a clone of the `Arc` to read
     /// [`SharpnessAwareTraining::error`] after the training.
-    pub fn into_strategy<M: LearnerModel>(self: Arc<Self>) -> TrainingStrategy<M>
-    where
-        <M as TrainStep>::Input: Clone,
-        <M as TrainStep>::Output: LossOutput,
-    {
+    pub fn into_strategy(self: Arc<Self>) -> TrainingStrategy<M> {
         TrainingStrategy::Custom(self)
     }
 
@@ -205,16 +237,13 @@ impl SharpnessAwareTraining {
     }
 
     /// One training epoch: every batch through the estimator, then the `Learner`'s optimizer.
-    fn train_epoch<M: LearnerModel>(
+    fn train_epoch(
         &self,
         learner: &mut Learner<M>,
         loader: &TrainLoader<M>,
         processor: &mut SupervisedTrainingEventProcessor<M>,
         interrupter: &Interrupter,
-    ) where
-        <M as TrainStep>::Input: Clone,
-        <M as TrainStep>::Output: LossOutput,
-    {
+    ) {
         let mut iterator = loader.iter();
         let mut iteration = 0;
         while let Some(item) = iterator.next() {
@@ -225,10 +254,12 @@ impl SharpnessAwareTraining {
             iteration += 1;
             learner.lr_step();
             let lr = learner.lr_current();
+            let mut objective = TrainPass {
+                item: &item,
+                examples: self.examples.as_ref(),
+            };
             let estimate =
-                lock(&self.gradient).estimate_shared(&learner.model(), lr.clone(), &mut |m: &M| {
-                    train_pass(m, item.clone())
-                });
+                lock(&self.gradient).estimate_shared(&learner.model(), lr.clone(), &mut objective);
             let estimate = match estimate {
                 Ok(estimate) => estimate,
                 Err(error) => {
@@ -252,7 +283,7 @@ impl SharpnessAwareTraining {
     }
 
     /// One validation epoch, as Burn's single-device loop runs it.
-    fn valid_epoch<M: LearnerModel>(
+    fn valid_epoch(
         learner: &Learner<M>,
         loader: &ValidLoader<M>,
         processor: &mut SupervisedTrainingEventProcessor<M>,
@@ -277,7 +308,7 @@ impl SharpnessAwareTraining {
     }
 }
 
-impl<M: LearnerModel> SupervisedLearningStrategy<M> for SharpnessAwareTraining
+impl<M: LearnerModel> SupervisedLearningStrategy<M> for SharpnessAwareTraining<M>
 where
     <M as TrainStep>::Input: Clone,
     <M as TrainStep>::Output: LossOutput,

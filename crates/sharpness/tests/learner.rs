@@ -15,7 +15,7 @@ use burn::train::{
     InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
 use sharpness::optim::base;
-use sharpness::perturb::{InfoSam, MongeSam, TwoPass};
+use sharpness::perturb::{InfoSam, MongeSam, Ssam, TwoPass};
 use sharpness::train::{SharpnessAwareTraining, sharpness_aware_step};
 use sharpness::{
     GradientEstimator, ParamSet, Pass, RhoSchedule, SharpnessAware, SharpnessGradient,
@@ -177,6 +177,29 @@ fn weights<M: Module>(model: &M) -> Vec<f64> {
     ParamSet::trainable_weights(&model.clone().train()).to_vec()
 }
 
+/// The loss of example `draw % 8` of a batch (SSAM's per-example losses).
+fn example_loss(m: &Net, batch: &Batch, draw: usize) -> Tensor<1> {
+    let i = draw % BATCH;
+    m.regression(Batch {
+        x: batch.x.clone().slice([i..i + 1]),
+        y: batch.y.clone().slice([i..i + 1]),
+    })
+    .loss
+}
+
+/// A batch as the library's objective, with per-example losses.
+struct Objective(Batch);
+
+impl sharpness::Objective<Net> for Objective {
+    fn loss(&mut self, m: &Net) -> Tensor<1> {
+        m.regression(self.0.clone()).loss
+    }
+
+    fn example_loss(&mut self, m: &Net, draw: usize) -> Option<Tensor<1>> {
+        Some(example_loss(m, &self.0, draw))
+    }
+}
+
 /// The library's own loop over the same batches, `epochs` times.
 fn own_loop(estimator: impl GradientEstimator + 'static, epochs: usize) -> Vec<f64> {
     let mut optimizer = SharpnessAware::new(
@@ -187,8 +210,7 @@ fn own_loop(estimator: impl GradientEstimator + 'static, epochs: usize) -> Vec<f
     let mut model = Net::new(&device());
     for _ in 0..epochs {
         for batch in batches() {
-            let mut loss = |m: &Net| m.regression(batch.clone()).loss;
-            model = optimizer.step(&model, LR, &mut loss).unwrap().model;
+            model = optimizer.step(&model, LR, &mut Objective(batch)).unwrap().model;
         }
     }
     weights(&model)
@@ -199,9 +221,10 @@ fn learner_run(
     estimator: impl GradientEstimator + 'static,
     epochs: usize,
     resume_from: Option<usize>,
-) -> (Vec<f64>, Arc<SharpnessAwareTraining>) {
+) -> (Vec<f64>, Arc<SharpnessAwareTraining<Net>>) {
     let gradient = SharpnessGradient::new(estimator, RhoSchedule::constant(RHO).unwrap());
-    let strategy = Arc::new(SharpnessAwareTraining::new(device(), gradient, directory));
+    let strategy = SharpnessAwareTraining::new(device(), gradient, directory);
+    let strategy = Arc::new(strategy.with_example_losses(example_loss));
     let mut training =
         training::<Net>(directory, epochs).with_training_strategy(strategy.clone().into_strategy());
     if let Some(epoch) = resume_from {
@@ -223,6 +246,34 @@ fn the_learner_path_gives_the_weights_of_the_librarys_own_loop() {
     assert_ne!(learned, weights(&Net::new(&device())));
     // The estimator's state sits beside the Learner's checkpoints.
     assert!(directory.path().join("checkpoint/sharpness-2.bpk").exists());
+}
+
+#[test]
+fn ssam_runs_in_the_learner_with_per_example_losses() {
+    let directory = tempfile::tempdir().unwrap();
+    let ssam = || TwoPass::new(Ssam::new(0.5, 4, 2).unwrap());
+    let (learned, strategy) = learner_run(directory.path(), ssam(), 2, None);
+    assert_eq!(strategy.steps(), 6);
+    assert_eq!(learned, own_loop(ssam(), 2));
+}
+
+#[test]
+fn without_per_example_losses_ssam_stops_with_a_clear_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let gradient = SharpnessGradient::new(
+        TwoPass::new(Ssam::new(0.5, 4, 2).unwrap()),
+        RhoSchedule::constant(RHO).unwrap(),
+    );
+    let strategy = Arc::new(SharpnessAwareTraining::new(device(), gradient, directory.path()));
+    let training = training::<Net>(directory.path(), 1)
+        .with_training_strategy(strategy.clone().into_strategy());
+    let learner = Learner::new(Net::new(&device()), base::sgd(0.9, 0.0, false).unwrap(), LR);
+    let result = training.launch(learner);
+    let reason = result.interrupted.and_then(|i| i.reason).unwrap_or_default();
+    assert!(reason.contains("per-example losses"), "{reason}");
+    assert!(strategy.error().is_some());
+    // Step 0 is plain SGD (no mask yet); step 1 builds the mask from example losses and fails.
+    assert_eq!(strategy.steps(), 1);
 }
 
 #[test]
