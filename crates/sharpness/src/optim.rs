@@ -319,6 +319,7 @@ impl SharpnessGradient {
     /// As [`SharpnessGradient::estimate_with`], with pass 0 run on `model` itself rather than a
     /// copy: its BatchNorm running statistics (shared by every plain clone) are updated by pass 0
     /// as in Burn's own training loop, even if a later pass fails.
+    #[cfg(feature = "train")]
     pub(crate) fn estimate_shared<M: Module, O: GradientObjective<M>>(
         &mut self,
         model: &M,
