@@ -137,14 +137,14 @@ impl Settings {
         }
     }
 
-    /// For `reproduce`: the same start, 3 seeds × 20 epochs, 5 000 test examples.
+    /// For `reproduce`: the same start, 3 seeds × 8 epochs, 5 000 test examples.
     pub fn reduced() -> Self {
-        let epochs = 20;
+        let epochs = 8;
         Self {
             preset: "reduced".into(),
             test_examples: 5000,
             epochs,
-            eval_every: 2,
+            eval_every: 4,
             sharpness_at: vec![0, epochs],
             ..Self::full()
         }
@@ -387,29 +387,49 @@ pub struct Record {
     pub distance: f64,
     /// SAM sharpness at ρ_m (NaN where not measured).
     pub sam_sharpness: f64,
+    /// Mean mini-batch gradient norm ‖g‖ (NaN where not measured).
+    pub grad_norm: f64,
     /// Seconds of training since the previous record (not deterministic).
     pub seconds: f64,
 }
 
-/// The SAM sharpness max_{‖ε‖≤ρ} L(w+ε) − L(w) of the first `n` training examples (library
-/// measure, f64, `steps` projected ascent steps). A loss difference, so ReLU kinks do not matter.
-fn sam_sharpness(model: &Network, train: &Split, s: &Settings, device: &Device) -> Result<f64> {
+/// At the weights of `model`, on the first `sharpness_examples` training examples (library
+/// measures, f64): the SAM sharpness max_{‖ε‖≤ρ_m} L(w+ε) − L(w) (`sharpness_steps` projected
+/// ascent steps; a loss difference, so ReLU kinks do not matter), and the mean gradient norm
+/// ‖g‖ of its batches of `batch_size`, the quantity that shrinks M-SAM's perturbation
+/// (‖ε‖ = ρ/√(1+‖g‖²)).
+fn sharpness_measures(
+    model: &Network,
+    train: &Split,
+    s: &Settings,
+    device: &Device,
+) -> Result<(f64, f64)> {
     let plain = device.clone().inner();
     let indices: Vec<usize> = (0..s.sharpness_examples.min(train.n)).collect();
     let batches: Vec<_> = indices
-        .chunks(256)
+        .chunks(s.batch_size)
         .map(|chunk| {
             let (x, y) = batch_tensors(train, chunk, &plain);
             (x.cast(DType::F64).autodiff(), y.autodiff(), chunk.len())
         })
         .collect();
-    let data = Batches::new(batches.len(), move |m: &Network, b: usize| {
-        let (x, y, n) = &batches[b];
-        (cross_entropy(m.forward(x.clone()), y.clone()), *n)
-    });
-    let mut hessian = Hessian::new(model, data, MeasureConfig::default())?;
+    let loss = |batches: Vec<(Tensor<4>, Tensor<1, Int>, usize)>| {
+        Batches::new(batches.len(), move |m: &Network, b: usize| {
+            let (x, y, n) = &batches[b];
+            (cross_entropy(m.forward(x.clone()), y.clone()), *n)
+        })
+    };
+    let mut norms = vec![];
+    for batch in &batches {
+        let mut one = Hessian::new(model, loss(vec![batch.clone()]), MeasureConfig::default())?;
+        norms.push(one.gradient()?.grad.norm());
+    }
+    let mut hessian = Hessian::new(model, loss(batches), MeasureConfig::default())?;
     let ascent = SamAscent::new(s.sharpness_rho).with_steps(s.sharpness_steps);
-    Ok(hessian.sam_sharpness(&ascent)?.value)
+    Ok((
+        hessian.sam_sharpness(&ascent)?.value,
+        crate::stats::mean(&norms),
+    ))
 }
 
 /// One fine-tuning run from `start`.
@@ -423,6 +443,7 @@ fn finetune_run(
     loss_fn: &CrossEntropyLoss,
     device: &Device,
     progress: &ProgressBar,
+    at_start: &mut Option<Record>,
 ) -> Result<Vec<Record>> {
     let w0 = ParamSet::trainable_weights(start);
     let mut opt = optimizer(method, rho, s.momentum)?;
@@ -450,11 +471,21 @@ fn finetune_run(
         if !eval.contains(&e) {
             continue;
         }
+        // Every run starts from the same weights: epoch 0 is measured once.
+        if let (0, Some(first)) = (e, at_start.as_ref()) {
+            records.push(Record {
+                method,
+                rho,
+                seed,
+                ..first.clone()
+            });
+            continue;
+        }
         let (train_loss, train_acc) = measure(&model, train, loss_fn, device);
         let (_, test_acc) = measure(&model, test, loss_fn, device);
-        let sharp = match s.sharpness_at.contains(&e) {
-            true => sam_sharpness(&model, train, s, device)?,
-            false => f64::NAN,
+        let (sharp, grad_norm) = match s.sharpness_at.contains(&e) {
+            true => sharpness_measures(&model, train, s, device)?,
+            false => (f64::NAN, f64::NAN),
         };
         records.push(Record {
             method,
@@ -466,8 +497,12 @@ fn finetune_run(
             test_acc,
             distance: ParamSet::trainable_weights(&model).sub(&w0).norm(),
             sam_sharpness: sharp,
+            grad_norm,
             seconds,
         });
+        if e == 0 {
+            *at_start = records.last().cloned();
+        }
         seconds = 0.0;
         progress.set_message(format!(
             "bad-minimum: {} ρ {rho} seed {seed} epoch {e}/{}: test acc {:.2} %",
@@ -512,6 +547,7 @@ pub fn run(
     progress.inc_length((runs.len() * settings.epochs) as u64);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut kept = vec![];
+    let mut at_start = None;
     for &(method, rho, seed) in &runs {
         let of_run = |r: &&Record| r.method == method && r.rho == rho && r.seed == seed;
         let done: Vec<Record> = records.iter().filter(of_run).cloned().collect();
@@ -529,6 +565,7 @@ pub fn run(
             &loss_fn,
             device,
             progress,
+            &mut at_start,
         )?);
         resume.save(&kept)?;
     }
@@ -571,11 +608,12 @@ fn panel_runs(rho: f64) -> [(Method, f64); 3] {
 }
 
 fn figure(s: &Settings, records: &[Record]) -> Figure {
-    let rows: [(&str, fn(&Record) -> f64, bool); 4] = [
+    let rows: [(&str, fn(&Record) -> f64, bool); 5] = [
         ("test accuracy (%)", |r| 100.0 * r.test_acc, false),
         ("training accuracy (%)", |r| 100.0 * r.train_acc, false),
         ("distance ‖w − w₀‖", |r| r.distance, false),
         ("SAM sharpness (ρ_m)", |r| r.sam_sharpness, true),
+        ("mean batch ‖g‖", |r| r.grad_norm, true),
     ];
     let mut panels = vec![];
     for (row, &(label, value, sparse)) in rows.iter().enumerate() {
@@ -732,6 +770,14 @@ fn section(s: &Settings, info: &StartInfo, records: &[Record], seconds: f64) -> 
         crate::report::markdown_table(&["ρ", "SGD", "SAM", "M-SAM", "distance SAM / M-SAM"], &rows);
     let train_seconds: f64 = records.iter().map(|r| r.seconds).sum();
     let st = &s.start;
+    // What M-SAM sees at the start: its radius is SAM's times 1/√(1+‖g‖²).
+    let g0 = summary_at(records, Method::Sgd, 0.0, 0, |r| r.grad_norm).mean;
+    let mechanism = format!(
+        "At the start the mean mini-batch gradient norm is ‖g‖ = {g0:.4}, so M-SAM's radius is \
+         {:.5} × SAM's: at a minimum of a mean-reduced loss the two perturbations nearly coincide, \
+         and M-SAM can only differ from SAM where ‖g‖ grows to order 1.",
+        1.0 / (1.0 + g0 * g0).sqrt()
+    );
     format!(
         "**Paper's claim** (ResNet-18 on CIFAR-10 from a 48 % start, 500 epochs, 5 seeds; CIFAR-10 is \
          not available here). {CLAIM}\n\n\
@@ -744,10 +790,11 @@ fn section(s: &Settings, info: &StartInfo, records: &[Record], seconds: f64) -> 
          {normal_train:.2} % training accuracy in {normal_ep} epochs with **{normal_test:.2} % test \
          accuracy** (both on all 10 000 test examples; the fine-tune below evaluates on the first {nt}).\n\n\
          **Measured here** (preset `{preset}`: {epochs} epochs, seeds {seeds:?}, lr {lr}, momentum \
-         {m}, batch {b}; final test accuracy (%), mean ± s.e.):\n\n{table}\n\n{verdicts}\n\n\
+         {m}, batch {b}; final test accuracy (%), mean ± s.e.):\n\n{table}\n\n{verdicts}\n\n{mechanism}\n\n\
          ![fine-tuning from a bad minimum]({DIR}/finetune.png)\n\n*Rows: test accuracy, training \
          accuracy, distance from the start ‖w − w₀‖, SAM sharpness max over ‖ε‖ ≤ {rm} of \
-         L(w+ε) − L(w) on the first {sn} training examples ({ss} ascent steps, library measure); \
+         L(w+ε) − L(w) on the first {sn} training examples ({ss} ascent steps, library measure), mean \
+         gradient norm ‖g‖ of those examples' batches of {b} (M-SAM's radius is ρ/√(1+‖g‖²)); \
          columns: ρ; thin lines: mean ± s.e.*\n\n\
          Each seed changes the batch order only (the start is the same, as in the paper). Training \
          time of all runs {train_seconds:.0} s; this invocation {seconds:.0} s.\n",
