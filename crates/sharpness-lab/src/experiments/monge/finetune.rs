@@ -607,8 +607,12 @@ fn panel_runs(rho: f64) -> [(Method, f64); 3] {
     [(Method::Sgd, 0.0), (Method::Sam, rho), (Method::Msam, rho)]
 }
 
+/// A row of the figure: its y label, the plotted value, and whether it is measured only at
+/// `sharpness_at` (points) rather than at every evaluation (a line).
+type Row = (&'static str, fn(&Record) -> f64, bool);
+
 fn figure(s: &Settings, records: &[Record]) -> Figure {
-    let rows: [(&str, fn(&Record) -> f64, bool); 5] = [
+    let rows: [Row; 5] = [
         ("test accuracy (%)", |r| 100.0 * r.test_acc, false),
         ("training accuracy (%)", |r| 100.0 * r.train_acc, false),
         ("distance ‖w − w₀‖", |r| r.distance, false),
@@ -795,7 +799,8 @@ fn section(s: &Settings, info: &StartInfo, records: &[Record], seconds: f64) -> 
          accuracy, distance from the start ‖w − w₀‖, SAM sharpness max over ‖ε‖ ≤ {rm} of \
          L(w+ε) − L(w) on the first {sn} training examples ({ss} ascent steps, library measure), mean \
          gradient norm ‖g‖ of those examples' batches of {b} (M-SAM's radius is ρ/√(1+‖g‖²)); \
-         columns: ρ; thin lines: mean ± s.e.*\n\n\
+         columns: ρ; thin lines: mean ± s.e.; M-SAM is drawn over SAM, so where only M-SAM's \
+         colour shows the two coincide.*\n\n\
          Each seed changes the batch order only (the start is the same, as in the paper). Training \
          time of all runs {train_seconds:.0} s; this invocation {seconds:.0} s.\n",
         w = st.width,
