@@ -16,7 +16,7 @@
 //! sharpness max_{‖ε‖≤ρ_m} L(w+ε) − L(w) of the library ([`Hessian::sam_sharpness`]) on the
 //! training subset.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -839,26 +839,17 @@ fn section(s: &Settings, info: &StartInfo, records: &[Record], seconds: f64) -> 
 /// `sharpness-lab bad-minimum` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FinetuneArgs {
-    /// Run the reduced preset (the one of `reproduce`) instead of the full one.
-    #[arg(long)]
-    pub reduced: bool,
+    /// Preset, output and progress.
+    #[command(flatten)]
+    pub common: super::PresetArgs,
     /// Fine-tuning epochs instead of the preset's.
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Output directory (files go to OUT/bad-minimum/, the report section to OUT/bad-minimum.md).
-    #[arg(long, default_value = "results")]
-    pub out: PathBuf,
-    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
-    #[arg(long)]
-    pub force_out: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// `sharpness-lab bad-minimum`.
 pub fn cli(args: FinetuneArgs) -> Result<()> {
-    let mut settings = match args.reduced {
+    let mut settings = match args.common.reduced {
         true => Settings::reduced(),
         false => Settings::full(),
     };
@@ -870,18 +861,9 @@ pub fn cli(args: FinetuneArgs) -> Result<()> {
             settings.sharpness_at.push(epochs);
         }
     }
-    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
-    let progress = crate::reproduce::progress_bar(args.quiet);
-    let section = run(&settings, &args.out, &crate::train::device(), &progress)?;
-    progress.finish_and_clear();
-    let path = args.out.join("bad-minimum.md");
-    write_atomic(&path, format!("# {TITLE}\n\n{section}").as_bytes())?;
-    eprintln!(
-        "wrote {} and {}",
-        path.display(),
-        args.out.join(DIR).display()
-    );
-    Ok(())
+    super::command(&args.common, DIR, TITLE, |out, device, progress| {
+        run(&settings, out, device, progress)
+    })
 }
 
 const TITLE: &str = "Fine-tuning from a bad global minimum (Monge SAM, §4.1 and Figure 6)";

@@ -10,7 +10,7 @@
 //! Cells are saved as they finish (`robustness/records.csv` under a key of the settings and the
 //! data), so an interrupted grid continues with the first cell it had not finished.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -525,21 +525,7 @@ fn heatmaps(settings: &Settings, records: &[Cell]) -> Figure {
 }
 
 /// `sharpness-lab robustness` flags.
-#[derive(clap::Args, Debug, Clone)]
-pub struct GridArgs {
-    /// Run the reduced preset (the one of `reproduce`) instead of the full grid.
-    #[arg(long)]
-    pub reduced: bool,
-    /// Output directory (files go to OUT/robustness/, the report section to OUT/robustness.md).
-    #[arg(long, default_value = "results")]
-    pub out: PathBuf,
-    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
-    #[arg(long)]
-    pub force_out: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
+pub type GridArgs = super::PresetArgs;
 
 /// `sharpness-lab robustness`.
 pub fn cli(args: GridArgs) -> Result<()> {
@@ -547,18 +533,9 @@ pub fn cli(args: GridArgs) -> Result<()> {
         true => Settings::reduced(),
         false => Settings::full(),
     };
-    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
-    let progress = crate::reproduce::progress_bar(args.quiet);
-    let section = run(&settings, &args.out, &crate::train::device(), &progress)?;
-    progress.finish_and_clear();
-    let path = args.out.join("robustness.md");
-    write_atomic(&path, format!("# {TITLE}\n\n{section}").as_bytes())?;
-    eprintln!(
-        "wrote {} and {}",
-        path.display(),
-        args.out.join(DIR).display()
-    );
-    Ok(())
+    super::command(&args, DIR, TITLE, |out, device, progress| {
+        run(&settings, out, device, progress)
+    })
 }
 
 const TITLE: &str = "Robustness of SAM and M-SAM to learning rate × ρ (Monge SAM, Appendix B)";

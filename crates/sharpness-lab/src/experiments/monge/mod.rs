@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::nn::loss::CrossEntropyLoss;
 use burn::prelude::*;
+use indicatif::ProgressBar;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sharpness::optim::base;
@@ -29,6 +30,45 @@ use crate::methods::{self, Method, MethodParams};
 use crate::models::Network;
 use crate::report::{csv_bytes, write_atomic};
 use crate::train::{BatchObjective, EpochSummary, batch_tensors, evaluate, train_epoch};
+
+/// The flags both commands share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PresetArgs {
+    /// Run the reduced preset (the one of `reproduce`) instead of the full one.
+    #[arg(long)]
+    pub reduced: bool,
+    /// Output directory (files go to OUT/<experiment>/, the report section to OUT/<experiment>.md).
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Write into `--out` even if it is a non-empty directory that is not a lab run.
+    #[arg(long)]
+    pub force_out: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A command around `run` (which writes `OUT/<dir>/` and returns the section): claims `--out`,
+/// shows the progress bar, writes `OUT/<dir>.md`.
+fn command(
+    args: &PresetArgs,
+    dir: &str,
+    title: &str,
+    run: impl FnOnce(&Path, &Device, &ProgressBar) -> Result<String>,
+) -> Result<()> {
+    let _run_dir = crate::outdir::claim(&args.out, args.force_out)?;
+    let progress = crate::reproduce::progress_bar(args.quiet);
+    let section = run(&args.out, &crate::train::device(), &progress)?;
+    progress.finish_and_clear();
+    let path = args.out.join(format!("{dir}.md"));
+    write_atomic(&path, format!("# {title}\n\n{section}").as_bytes())?;
+    eprintln!(
+        "wrote {} and {}",
+        path.display(),
+        args.out.join(dir).display()
+    );
+    Ok(())
+}
 
 /// `method` at radius `rho` over momentum SGD (dampening 0, no weight decay: the experiments
 /// train without regularisation), ρ constant.
