@@ -40,6 +40,10 @@ enum Command {
         #[command(subcommand)]
         command: sharpness_lab::toys::cli::ToyCommand,
     },
+    /// Monge SAM §4.1 (Fig. 6): fine-tune a bad global minimum with SGD, SAM and M-SAM.
+    BadMinimum(sharpness_lab::experiments::monge::finetune::FinetuneArgs),
+    /// Monge SAM robustness claim: divergence of SAM and M-SAM over learning rate × ρ.
+    Robustness(sharpness_lab::experiments::monge::grid::GridArgs),
     /// Run every lab experiment into a results directory with figures, data and report.md.
     Reproduce(sharpness_lab::reproduce::ReproduceArgs),
 }
@@ -56,6 +60,8 @@ fn main() -> Result<()> {
         Command::Data { command } => sharpness_lab::train::cli::data(command),
         Command::Bench(args) => sharpness_lab::train::cli::bench(args),
         Command::Toy { command } => sharpness_lab::toys::cli::run(command),
+        Command::BadMinimum(args) => sharpness_lab::experiments::monge::finetune::cli(args),
+        Command::Robustness(args) => sharpness_lab::experiments::monge::grid::cli(args),
         Command::Reproduce(args) => sharpness_lab::reproduce::run(&args),
     })
 }

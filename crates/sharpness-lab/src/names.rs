@@ -78,5 +78,8 @@ fn experiments_have_names_and_serialise_nowhere() {
             e.to_string()
         })
         .collect();
-    assert_eq!(names, ["toys", "bias", "table"]);
+    assert_eq!(
+        names,
+        ["toys", "bias", "table", "bad-minimum", "robustness"]
+    );
 }

@@ -43,6 +43,10 @@ pub enum Experiment {
     Bias,
     /// The optimizer comparison (universal SAM, Tables 2–3 protocol), reduced preset.
     Table,
+    /// Fine-tuning from a bad global minimum (Monge SAM, §4.1 and Fig. 6), reduced preset.
+    BadMinimum,
+    /// Divergence over learning rate × ρ (Monge SAM, robustness claim), reduced preset.
+    Robustness,
 }
 
 /// An experiment's section: writes its files under the output directory, advances the progress
@@ -56,6 +60,8 @@ impl Experiment {
             Experiment::Toys => crate::toys::reproduce,
             Experiment::Bias => crate::experiments::bias::reproduce,
             Experiment::Table => table_section,
+            Experiment::BadMinimum => crate::experiments::monge::finetune::reproduce,
+            Experiment::Robustness => crate::experiments::monge::grid::reproduce,
         }
     }
 
@@ -100,9 +106,10 @@ fn ensure_data(progress: &ProgressBar) -> Result<()> {
     })
 }
 
-/// Runs every experiment (or those of `--only`) and writes `report.md` (atomically).
-pub fn run(args: &ReproduceArgs) -> Result<()> {
-    let progress = if args.quiet {
+/// The lab's overall progress bar (length 0: experiments extend it by their units of work);
+/// hidden when `quiet`.
+pub fn progress_bar(quiet: bool) -> ProgressBar {
+    let progress = if quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
@@ -112,6 +119,12 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    progress
+}
+
+/// Runs every experiment (or those of `--only`) and writes `report.md` (atomically).
+pub fn run(args: &ReproduceArgs) -> Result<()> {
+    let progress = progress_bar(args.quiet);
     let started = Instant::now();
     let mut sections = vec![];
     let mut timings = vec![];

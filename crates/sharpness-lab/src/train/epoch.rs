@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
 use indicatif::ProgressBar;
 use sharpness::{Objective, SharpnessAware};
 
@@ -130,4 +131,14 @@ pub fn count_correct(logits: Tensor<2>, y: Tensor<1, Int>) -> usize {
         .int()
         .sum()
         .into_scalar::<i64>() as usize
+}
+
+/// Mean negative log-likelihood of the log-softmax of the logits (= cross-entropy on logits),
+/// written out so that it also runs in `f64` for the sharpness measures.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    log_softmax(logits, 1)
+        .gather(1, labels.reshape([b, 1]))
+        .mean()
+        .neg()
 }

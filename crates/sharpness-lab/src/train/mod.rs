@@ -25,7 +25,9 @@ use sharpness::{Objective, SharpnessAware, StateRecord};
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 pub use config::{LrScheduleKind, OptimizerKind, RhoScheduleKind, TrainConfig};
-pub use epoch::{Classifier, EpochSummary, TrainObjective, count_correct, evaluate, train_epoch};
+pub use epoch::{
+    Classifier, EpochSummary, TrainObjective, count_correct, cross_entropy, evaluate, train_epoch,
+};
 
 use crate::data::{self, Dataset, IMAGE_PIXELS, IMAGE_SIDE, Split};
 use crate::models::Network;
@@ -216,19 +218,8 @@ pub fn run(config: &TrainConfig, dataset: &Dataset, options: &RunOptions) -> Res
                     .unwrap_or("unverified (built in memory)")
             );
         }
-        let model_bytes = ckpt.model.into_bytes()?;
-        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(model_bytes)).map_err(|e| {
-            anyhow::anyhow!(
-                "checkpoint {}: bad model record: {e:?}",
-                checkpoint_path.display()
-            )
-        })?;
-        model = model.try_load_record(record).map_err(|e| {
-            anyhow::anyhow!(
-                "checkpoint {}: model does not match: {e:?}",
-                checkpoint_path.display()
-            )
-        })?;
+        model = load_model(model, ckpt.model)
+            .with_context(|| format!("checkpoint {}", checkpoint_path.display()))?;
         optimizer
             .load_state_record(ckpt.optimizer, &device)
             .with_context(|| {
@@ -375,6 +366,15 @@ pub fn model_bytes(model: &Network) -> Result<Vec<u8>> {
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot encode model: {e:?}"))?;
     Ok(bytes.to_vec())
+}
+
+/// `model` with the weights (and `ParamId`s) of a record written by [`model_bytes`].
+pub fn load_model(model: Network, record: StateRecord) -> Result<Network> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(record.into_bytes()?))
+        .map_err(|e| anyhow::anyhow!("bad model record: {e:?}"))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("model does not match: {e:?}"))
 }
 
 /// Every float tensor of the model (parameters and BatchNorm statistics), in module order.

@@ -22,7 +22,6 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::activation::log_softmax;
 use indicatif::ProgressBar;
 use serde::Serialize;
 use sharpness::measure::{Batches, DatasetLoss, Hessian, MeasureConfig};
@@ -33,7 +32,7 @@ use crate::data::{self, DatasetName, IMAGE_PIXELS, Split, Variant};
 use crate::methods::{self, Method, MethodParams};
 use crate::models::Mlp6;
 use crate::report::{ReportSection, csv_bytes, write_atomic};
-use crate::train::{Classifier, evaluate, train_epoch};
+use crate::train::{Classifier, cross_entropy, evaluate, train_epoch};
 
 mod report;
 
@@ -155,15 +154,6 @@ const SECTION_TITLE: &str =
 /// read back from `bias/metrics.csv` instead of being trained again.
 pub fn run(preset: Preset, out_dir: &Path) -> Result<String> {
     run_with(preset, out_dir, None)
-}
-
-/// Mean cross-entropy of logits against labels.
-fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([b, 1]))
-        .mean()
-        .neg()
 }
 
 /// Flat images `[b, 784]` (f32) and labels of the examples `indices`, for the measurement's
