@@ -102,9 +102,11 @@
 //!
 //! ## Feature flags
 //!
-//! - `train`: SAM inside Burn's own training loop ([`train`]): a training strategy for
+//! - `train`: SAM inside Burn's own training loop (the `train` module): a training strategy for
 //!   `SupervisedTraining` that steps the `Learner`'s optimizer, and a helper for a user's own
 //!   `TrainStep::step` (enables `burn/train`, without Burn's terminal UI).
+//! - `wgpu`: Burn's wgpu backend, for the library's own GPU tests (`tests/wgpu.rs`, run on Mesa's
+//!   lavapipe by `scripts/lavapipe-tests.sh`); a user enables the backend in their own `burn`.
 //!
 //! The library enables no Burn backend: add `burn` with the backend you train on (e.g.
 //! `features = ["flex"]` for the CPU, `"wgpu"` for a GPU) to your own crate, and the library runs
