@@ -93,12 +93,18 @@ fn table_section(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
         config.preset
     ));
     let body = crate::experiments::table::run(&config, &out.join("table"), false)?;
+    let caveat = if quick() {
+        "**Smoke preset: too small and too short to separate the methods; nothing below is informative.**\n\n"
+    } else {
+        ""
+    };
     Ok(ReportSection {
         title: format!(
             "Optimizer comparison on Fashion-MNIST (universal SAM, Tables 2–3 protocol, preset `{}`)",
             config.preset
         ),
-        body: body.replace("](test_accuracy.png)", "](table/test_accuracy.png)")
+        body: caveat.to_string()
+            + &body.replace("](test_accuracy.png)", "](table/test_accuracy.png)")
             + "\nThe full preset (both datasets, every method, 5 seeds): `sharpness-lab table`.\n",
     })
 }

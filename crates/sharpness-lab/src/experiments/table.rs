@@ -710,7 +710,8 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
             (lo - pad, (hi + pad).min(100.5)),
         );
         panel.series = series;
-        panel.integer_x = true;
+        // One tick per epoch only while they fit.
+        panel.integer_x = config.epochs <= 20;
         // One legend (the colours are shared), where every curve has already risen.
         panel.legend = panels.is_empty().then_some(SeriesLabelPosition::LowerRight);
         panels.push(panel);

@@ -257,6 +257,8 @@ pub(super) fn plot(settings: &Settings, records: &[EpochRecord], dir: &Path) -> 
             epochs,
             range(acc_points.iter().flatten().map(|p| p.1)),
         );
+        // One legend (the colours are shared), where the accuracy curves have risen.
+        sharp.legend = None;
         acc.legend = Some(plotters::chart::SeriesLabelPosition::LowerRight);
         for (i, (lambda, _)) in curves.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
@@ -443,6 +445,9 @@ fn sweep_text(sweep: Sweep, settings: &Settings, records: &[EpochRecord]) -> Str
                 .map(|d| d.3)
                 .fold(f64::NEG_INFINITY, f64::max)
         ),
+        None if p.decreases.len() < 2 => {
+            "not tested for proportionality: that needs at least two λ > 0".to_string()
+        }
         None => "not a decrease at every λ, so no proportionality fit".to_string(),
     };
     let acc_range = |f: &Final| f.test_acc.mean;
