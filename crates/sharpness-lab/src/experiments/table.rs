@@ -727,3 +727,74 @@ fn plot(config: &TableConfig, tags: &[String], cells: &[CellRun]) -> Figure {
         panel_size: (520, 400),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(method: Method, seed: u64, test_acc: f64) -> CellRun {
+        CellRun {
+            tag: "mnist-C".into(),
+            method,
+            seed,
+            metrics: vec![EpochMetrics {
+                epoch: 1,
+                lr: 0.1,
+                rho: 0.0,
+                train_loss: 1.0,
+                train_acc: 0.5,
+                test_loss: 1.0,
+                test_acc,
+                seconds: 1.0,
+                examples_per_sec: 1.0,
+                device: String::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn effects_are_paired_by_seed_and_significant_only_when_the_interval_excludes_zero() {
+        // SGD varies a lot between seeds, SAM is SGD + 1 point on every seed: the paired
+        // difference has no spread, so it is significant although the unpaired spreads overlap.
+        let sgd = [0.80, 0.85, 0.90];
+        let mut cells: Vec<CellRun> = (0..3)
+            .flat_map(|s| {
+                [
+                    cell(Method::Sgd, s, sgd[s as usize]),
+                    cell(Method::Sam, s, sgd[s as usize] + 0.01 + 0.001 * s as f64),
+                ]
+            })
+            .collect();
+        let e = effect_vs_sgd(&cells, "mnist-C", Method::Sam, &[0, 1, 2]);
+        assert_eq!(e.n, 3);
+        assert!((e.mean - 1.1).abs() < 1e-9, "{}", e.mean);
+        assert_eq!(significance(&e), Some(std::cmp::Ordering::Greater));
+        // A method that is better on one seed and worse on another: not significant.
+        cells.push(cell(Method::Asam, 0, 0.82));
+        cells.push(cell(Method::Asam, 1, 0.83));
+        let e = effect_vs_sgd(&cells, "mnist-C", Method::Asam, &[0, 1, 2]);
+        assert_eq!(e.n, 2, "seed 2 has no ASAM run");
+        assert_eq!(significance(&e), None);
+        // Consistently worse: significant, below.
+        for s in 0..3 {
+            cells.push(cell(Method::Fisher, s, sgd[s as usize] - 0.02 - 0.001 * s as f64));
+        }
+        let e = effect_vs_sgd(&cells, "mnist-C", Method::Fisher, &[0, 1, 2]);
+        assert_eq!(significance(&e), Some(std::cmp::Ordering::Less));
+    }
+
+    #[test]
+    fn the_reduced_preset_keeps_the_full_presets_regime() {
+        let (full, reduced) = (TableConfig::full(), TableConfig::reduced());
+        for c in [&full, &reduced] {
+            assert_eq!(c.variants, [Variant::Small, Variant::Corrupt]);
+            assert!(c.seeds.len() >= 4 && c.validate().is_ok());
+        }
+        assert_eq!(
+            (reduced.width, reduced.epochs, reduced.train_limit, reduced.lr),
+            (full.width, full.epochs, full.train_limit, full.lr)
+        );
+        assert!(reduced.methods.contains(&Method::Sgd));
+        assert!(TableConfig::smoke().validate().is_ok());
+    }
+}
