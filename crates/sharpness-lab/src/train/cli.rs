@@ -85,10 +85,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
 /// `sharpness-lab table`.
 #[derive(Args, Debug)]
 pub struct TableArgs {
-    /// The smoke-test preset (every method and variant, tiny subsets; about 30 s).
+    /// The smoke-test preset (every method and variant, tiny subsets, not informative).
     #[arg(long, conflicts_with = "reduced")]
     pub quick: bool,
-    /// The reduced preset of `reproduce` (Fashion-MNIST, 2 seeds, small subsets).
+    /// The reduced preset of `reproduce` (Fashion-MNIST -S/-C, SGD against SAM, 4 seeds).
     #[arg(long)]
     pub reduced: bool,
     /// Output directory.

@@ -542,6 +542,9 @@ const TITLE: &str = "Robustness of SAM and M-SAM to learning rate × ρ (Monge S
 
 /// The reduced preset as a section of `reproduce`.
 pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
+    if crate::reproduce::quick() {
+        return Ok(super::skipped_by_quick(TITLE, "robustness"));
+    }
     let body = run(&Settings::reduced(), out, &crate::train::device(), progress)?;
     Ok(ReportSection {
         title: TITLE.into(),

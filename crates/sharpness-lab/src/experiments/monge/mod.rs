@@ -28,7 +28,7 @@ use sharpness::{RhoSchedule, SharpnessAware};
 use crate::data::{self, Split};
 use crate::methods::{self, Method, MethodParams};
 use crate::models::Network;
-use crate::report::{csv_bytes, write_atomic};
+use crate::report::{ReportSection, csv_bytes, write_atomic};
 use crate::train::{BatchObjective, EpochSummary, batch_tensors, evaluate, train_epoch};
 
 /// The flags both commands share.
@@ -165,6 +165,18 @@ impl ResumeFile {
         )?;
         write_atomic(&self.dir.join(Self::RECORDS), &csv_bytes(records)?)
             .with_context(|| format!("saving the records of {}", self.dir.display()))
+    }
+}
+
+/// The section of an experiment that `reproduce --quick` leaves out (its reduced preset alone
+/// takes longer than the whole smoke run may).
+pub fn skipped_by_quick(title: &str, command: &str) -> ReportSection {
+    ReportSection {
+        title: title.into(),
+        body: format!(
+            "Not run by `reproduce --quick`; `sharpness-lab reproduce` runs its reduced preset, \
+             `sharpness-lab {command} --reduced` alone.\n"
+        ),
     }
 }
 
