@@ -210,7 +210,10 @@ fn own_loop(estimator: impl GradientEstimator + 'static, epochs: usize) -> Vec<f
     let mut model = Net::new(&device());
     for _ in 0..epochs {
         for batch in batches() {
-            model = optimizer.step(&model, LR, &mut Objective(batch)).unwrap().model;
+            model = optimizer
+                .step(&model, LR, &mut Objective(batch))
+                .unwrap()
+                .model;
         }
     }
     weights(&model)
@@ -264,12 +267,19 @@ fn without_per_example_losses_ssam_stops_with_a_clear_error() {
         TwoPass::new(Ssam::new(0.5, 4, 2).unwrap()),
         RhoSchedule::constant(RHO).unwrap(),
     );
-    let strategy = Arc::new(SharpnessAwareTraining::new(device(), gradient, directory.path()));
+    let strategy = Arc::new(SharpnessAwareTraining::new(
+        device(),
+        gradient,
+        directory.path(),
+    ));
     let training = training::<Net>(directory.path(), 1)
         .with_training_strategy(strategy.clone().into_strategy());
     let learner = Learner::new(Net::new(&device()), base::sgd(0.9, 0.0, false).unwrap(), LR);
     let result = training.launch(learner);
-    let reason = result.interrupted.and_then(|i| i.reason).unwrap_or_default();
+    let reason = result
+        .interrupted
+        .and_then(|i| i.reason)
+        .unwrap_or_default();
     assert!(reason.contains("per-example losses"), "{reason}");
     assert!(strategy.error().is_some());
     // Step 0 is plain SGD (no mask yet); step 1 builds the mask from example losses and fails.

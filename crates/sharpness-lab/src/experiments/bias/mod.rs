@@ -187,7 +187,10 @@ pub fn cli(args: BiasArgs) -> Result<()> {
     let section = run(&name, &settings, &args.out)?;
     let path = args.out.join("bias.md");
     let device = crate::device::name();
-    write_atomic(&path, format!("{section}\nComputed on {device}.\n").as_bytes())?;
+    write_atomic(
+        &path,
+        format!("{section}\nComputed on {device}.\n").as_bytes(),
+    )?;
     eprintln!(
         "wrote {} and {}",
         path.display(),
