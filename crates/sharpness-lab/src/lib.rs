@@ -1,4 +1,5 @@
 //! `sharpness-lab`: experiments, data, models and reports for the `sharpness` library.
+pub mod align;
 pub mod data;
 pub mod device;
 pub mod experiments;

@@ -1,0 +1,1 @@
+//! The set-up step that fetches the alignment experiment's encoders and image–text data.
