@@ -7,11 +7,15 @@
 //! - [`text`]: all-MiniLM-L6-v2 (BERT, 6 layers × 384), mean-pooled and L2-normalised.
 //! - [`image`]: EfficientNet-Lite0 (ImageNet), its 1280-wide pooled feature.
 //! - [`pairs`]: the image–text pairs (emoji, Open Clip Art), captions and splits by concept.
+//! - [`clip`]: the trainable part, projection heads and temperature, and CLIP's loss.
+//! - [`knn`]: mutual k-NN alignment, the experiment's measure.
 
 use std::path::{Path, PathBuf};
 
+pub mod clip;
 pub mod fetch;
 pub mod image;
+pub mod knn;
 pub mod pairs;
 pub mod text;
 

@@ -72,10 +72,7 @@ pub enum Network {
 impl Network {
     /// A freshly initialised network; `width` is the MLP's hidden width (ignored otherwise).
     pub fn new(kind: ModelKind, width: usize, seed: u64, device: &Device) -> Self {
-        let mut init = Init {
-            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6d6f_6465_6c5f_696e),
-            device: device.clone(),
-        };
+        let mut init = Init::new(seed, device);
         match kind {
             ModelKind::Mlp => Network::Mlp(Mlp::new(width, &mut init)),
             ModelKind::Cnn => Network::Cnn(Cnn::new(&mut init)),
@@ -94,12 +91,19 @@ impl Network {
 }
 
 /// Seeded initialisation (PyTorch's default rule).
-struct Init {
+pub(crate) struct Init {
     rng: Xoshiro256PlusPlus,
     device: Device,
 }
 
 impl Init {
+    pub(crate) fn new(seed: u64, device: &Device) -> Self {
+        Self {
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6d6f_6465_6c5f_696e),
+            device: device.clone(),
+        }
+    }
+
     fn uniform<const D: usize>(&mut self, dims: [usize; D], bound: f64) -> Tensor<D> {
         let n: usize = dims.iter().product();
         let values: Vec<f32> = (0..n)
@@ -108,7 +112,7 @@ impl Init {
         Tensor::from_data(TensorData::new(values, dims), &self.device)
     }
 
-    fn linear(&mut self, d_in: usize, d_out: usize) -> Linear {
+    pub(crate) fn linear(&mut self, d_in: usize, d_out: usize) -> Linear {
         let mut layer = LinearConfig::new(d_in, d_out).init(&self.device);
         let bound = 1.0 / (d_in as f64).sqrt();
         layer.weight = Param::from_tensor(self.uniform([d_in, d_out], bound));
