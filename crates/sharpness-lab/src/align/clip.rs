@@ -120,7 +120,10 @@ mod tests {
         let t = tensor(&[0.0, 1.0, 1.0, 0.0], [2, 2], &device);
         // Every target logit is 0 and every other 100: both cross-entropies are ln(1 + e^100).
         let loss = clip_loss(i, t, tensor(&[10.0], [1], &device)).into_scalar::<f64>();
-        assert!((loss - (100.0 + (-100f64).exp().ln_1p())).abs() < 1e-9, "{loss}");
+        assert!(
+            (loss - (100.0 + (-100f64).exp().ln_1p())).abs() < 1e-9,
+            "{loss}"
+        );
     }
 
     #[test]
@@ -128,7 +131,9 @@ mod tests {
         let device = Device::flex().autodiff();
         let f64_linear = |l: Linear| Linear {
             weight: Param::from_tensor(l.weight.val().cast(DType::F64).detach()),
-            bias: l.bias.map(|b| Param::from_tensor(b.val().cast(DType::F64).detach())),
+            bias: l
+                .bias
+                .map(|b| Param::from_tensor(b.val().cast(DType::F64).detach())),
         };
         let clip = Clip::new(5, 3, 4, 7, &device);
         let clip = Clip {
@@ -153,7 +158,10 @@ mod tests {
         let analytic = clip.log_scale.grad(&grads).unwrap().into_scalar::<f64>();
         let h = 1e-6;
         let numeric = (loss(s0 + h) - loss(s0 - h)) / (2.0 * h);
-        assert!(analytic.abs() > 1e-3, "a gradient that tests something: {analytic}");
+        assert!(
+            analytic.abs() > 1e-3,
+            "a gradient that tests something: {analytic}"
+        );
         assert!(
             (analytic - numeric).abs() < 1e-7 * analytic.abs().max(1.0),
             "{analytic} vs {numeric}"

@@ -130,7 +130,9 @@ mod tests {
     fn chunked_rows_match_one_chunk() {
         // More rows than ROW_CHUNK: every row's neighbours are its ring neighbours.
         let n = ROW_CHUNK + 3;
-        let angles: Vec<f64> = (0..n).map(|i| 360.0 * i as f64 / n as f64 + 1e-3 * (i % 2) as f64).collect();
+        let angles: Vec<f64> = (0..n)
+            .map(|i| 360.0 * i as f64 / n as f64 + 1e-3 * (i % 2) as f64)
+            .collect();
         let nb = neighbours(points(&angles, 1.0), 2);
         for i in 0..n {
             let mut got = [nb[2 * i], nb[2 * i + 1]];

@@ -11,6 +11,7 @@
 //! the logits (= NLL of the log-softmax, the paper's loss), and resume an interrupted invocation
 //! from the runs it completed ([`ResumeFile`]).
 
+pub mod alignment;
 pub mod finetune;
 pub mod grid;
 
