@@ -41,7 +41,9 @@ use crate::align::clip::Clip;
 use crate::align::knn::mutual_knn;
 use crate::data::epoch_order;
 use crate::methods::Method;
-use crate::report::{Figure, Panel, ReportSection, Series, Style, markdown_table, write_atomic};
+use crate::report::{
+    Figure, PALETTE, Panel, ReportSection, Series, Style, markdown_table, write_atomic,
+};
 use crate::stats::Summary;
 use crate::train::train_epoch;
 
@@ -752,8 +754,8 @@ fn principal_axes(x: Tensor<2>) -> Tensor<2> {
 
 /// Figure 7's picture: the held-out pairs' image and text embeddings together, projected on
 /// their 2nd and 3rd principal axes (PCA with the first axis, the modality direction, removed,
-/// then the two leading axes of what is left), coloured by category (the 8 largest; the rest
-/// grey), images as dots and texts as squares.
+/// then the two leading axes of what is left), coloured by category (the 9 largest; the rest
+/// light grey), images as dots and texts as squares.
 fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for c in &eval.category {
@@ -761,17 +763,7 @@ fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
     }
     let mut top: Vec<(&str, usize)> = counts.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    top.truncate(8);
-    const PALETTE: [RGBColor; 8] = [
-        RGBColor(0, 114, 178),
-        RGBColor(213, 94, 0),
-        RGBColor(0, 158, 115),
-        RGBColor(204, 121, 167),
-        RGBColor(230, 159, 0),
-        RGBColor(86, 180, 233),
-        RGBColor(0, 0, 0),
-        RGBColor(127, 60, 141),
-    ];
+    top.truncate(9);
     let n = eval.len();
     let mut panels = vec![];
     for (name, model) in models {
