@@ -870,14 +870,13 @@ const TITLE: &str = "Fine-tuning from a bad global minimum (Monge SAM, §4.1 and
 
 /// The reduced preset as a section of `reproduce`.
 pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
-    if crate::reproduce::quick() {
-        return Ok(super::skipped_by_quick(TITLE, "bad-minimum"));
-    }
-    let body = run(&Settings::reduced(), out, &crate::train::device(), progress)?;
-    Ok(ReportSection {
-        title: TITLE.into(),
-        body: body + "\nThe full preset: `sharpness-lab bad-minimum`.\n",
-    })
+    super::reproduce_section(
+        out,
+        progress,
+        TITLE,
+        "bad-minimum",
+        |out, device, progress| run(&Settings::reduced(), out, device, progress),
+    )
 }
 
 #[cfg(test)]

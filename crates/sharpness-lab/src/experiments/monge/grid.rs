@@ -542,14 +542,13 @@ const TITLE: &str = "Robustness of SAM and M-SAM to learning rate × ρ (Monge S
 
 /// The reduced preset as a section of `reproduce`.
 pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
-    if crate::reproduce::quick() {
-        return Ok(super::skipped_by_quick(TITLE, "robustness"));
-    }
-    let body = run(&Settings::reduced(), out, &crate::train::device(), progress)?;
-    Ok(ReportSection {
-        title: TITLE.into(),
-        body: body + "\nThe full grid: `sharpness-lab robustness`.\n",
-    })
+    super::reproduce_section(
+        out,
+        progress,
+        TITLE,
+        "robustness",
+        |out, device, progress| run(&Settings::reduced(), out, device, progress),
+    )
 }
 
 #[cfg(test)]

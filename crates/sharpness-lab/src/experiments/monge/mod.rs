@@ -169,6 +169,25 @@ impl ResumeFile {
     }
 }
 
+/// An experiment as a `reproduce` section: its reduced preset run by `run` into `out` (left out
+/// under `--quick`), followed by the command of its full preset.
+fn reproduce_section(
+    out: &Path,
+    progress: &ProgressBar,
+    title: &str,
+    command: &str,
+    run: impl FnOnce(&Path, &Device, &ProgressBar) -> Result<String>,
+) -> Result<ReportSection> {
+    if crate::reproduce::quick() {
+        return Ok(skipped_by_quick(title, command));
+    }
+    let body = run(out, &crate::train::device(), progress)?;
+    Ok(ReportSection {
+        title: title.into(),
+        body: body + &format!("\nThe full preset: `sharpness-lab {command}`.\n"),
+    })
+}
+
 /// The section of an experiment that `reproduce --quick` leaves out (its reduced preset alone
 /// takes longer than the whole smoke run may).
 pub fn skipped_by_quick(title: &str, command: &str) -> ReportSection {
