@@ -202,12 +202,13 @@ pub fn center_crop(width: u32, height: u32, size: usize) -> (u32, u32, u32) {
 /// One image as the encoder's input, `3 · size · size` values 0–255 in CHW order: alpha
 /// composited over white (clip art and emoji are transparent around the drawing), the
 /// [`center_crop`] of TF's eval preprocessing, then a bicubic (Catmull–Rom) resize to
-/// `size × size` in f32 (not clamped, like TF's; antialiased when shrinking, unlike TF's).
+/// `size × size` in f32 (clamped to 0–255, unlike TF's; antialiased when shrinking, unlike TF's).
 pub fn preprocess(img: &DynamicImage, size: usize) -> Vec<f32> {
     let rgba = img.to_rgba8();
     let rgb = Rgb32FImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0.map(f32::from);
-        let over_white = |c: f32| c * a / 255.0 + (255.0 - a);
+        // In 0–1: the image crate clamps f32 pixels to that range when resizing.
+        let [r, g, b, a] = rgba.get_pixel(x, y).0.map(|c| f32::from(c) / 255.0);
+        let over_white = |c: f32| c * a + (1.0 - a);
         Rgb([over_white(r), over_white(g), over_white(b)])
     });
     let (x, y, side) = center_crop(rgb.width(), rgb.height(), size);
@@ -218,7 +219,7 @@ pub fn preprocess(img: &DynamicImage, size: usize) -> Vec<f32> {
     let mut out = vec![0.0; 3 * plane];
     for (i, p) in resized.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = p.0[c];
+            out[c * plane + i] = p.0[c] * 255.0;
         }
     }
     out

@@ -177,8 +177,17 @@ fn preprocess_tiny_image_by_hand() {
         33.0, 255.0, 244.0, 35.0,
     ];
     assert_eq!(input, expected);
-    let t = to_input(&[DynamicImage::ImageRgba8(RgbaImage::new(3, 3))], 2, &device());
-    assert_eq!(t.dims(), [1, 3, 2, 2]);
+    // A real resize: 40 × 40 at size 16 crops ⌊16 · 40 / 48⌋ = 13 pixels, resized to 16. A
+    // constant image stays constant, on the 0–255 scale.
+    let flat = RgbaImage::from_pixel(40, 40, Rgba([10, 128, 250, 255]));
+    let t = to_input(&[DynamicImage::ImageRgba8(flat)], 16, &device());
+    assert_eq!(t.dims(), [1, 3, 16, 16]);
+    let v = values(t);
+    for (c, want) in [10.0, 128.0, 250.0].into_iter().enumerate() {
+        for x in &v[c * 256..(c + 1) * 256] {
+            assert!((x - want).abs() < 1e-3, "channel {c}: {x} vs {want}");
+        }
+    }
 }
 
 #[test]
@@ -292,5 +301,43 @@ fn foolbox_top1() {
         }
         println!("size {size}: top-1 {correct}/20 ({secs:.2} s for the batch of 20)");
         assert!(correct >= 17, "size {size}: top-1 {correct}/20");
+    }
+}
+
+/// Forward time per image, batch 32, at each size in `SHARPNESS_SIZES` (default 224, 192, 160,
+/// 128): one warm-up batch, then the median of 3 (content does not change the cost).
+#[test]
+#[ignore = "needs `sharpness-lab align fetch`"]
+fn forward_timing() {
+    let (dir, _tmp) = real_weights();
+    let sizes: Vec<usize> = std::env::var("SHARPNESS_SIZES")
+        .map(|s| s.split(',').map(|x| x.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![224, 192, 160, 128]);
+    let batch = 32;
+    for size in sizes {
+        let enc = ImageEncoder::load(&dir, &device()).unwrap().with_input_size(size);
+        let x = Tensor::<4>::random(
+            [batch, 3, size, size],
+            burn::tensor::Distribution::Uniform(0.0, 255.0),
+            enc.device(),
+        );
+        let mut times = Vec::new();
+        for run in 0..4 {
+            let start = std::time::Instant::now();
+            let f = enc.features(x.clone()).unwrap();
+            assert_eq!(f.dims(), [batch, IMAGE_DIM]);
+            let _ = f.into_data();
+            if run > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let per_image = times[1] / batch as f64;
+        println!(
+            "size {size}: {:.1} ms per image (batch {batch}, median of 3: {:.2} s), 12 000 images {:.1} min",
+            per_image * 1e3,
+            times[1],
+            per_image * 12_000.0 / 60.0
+        );
     }
 }
