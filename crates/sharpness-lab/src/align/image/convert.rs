@@ -48,7 +48,9 @@ pub fn convert_checkpoint(pth: &Path, safetensors: &Path) -> Result<()> {
     }
     let views = tensors
         .iter()
-        .map(|(name, dtype, shape, bytes)| Ok((name, TensorView::new(*dtype, shape.clone(), bytes)?)))
+        .map(|(name, dtype, shape, bytes)| {
+            Ok((name, TensorView::new(*dtype, shape.clone(), bytes)?))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .with_context(|| format!("converting {}", pth.display()))?;
     let out = safetensors::serialize(views, None)
@@ -233,7 +235,10 @@ pub(crate) mod tests {
             p.op(op::MARK).str("storage").global("torch", class);
             p.str(v.storage).str("cpu").int(*size as i32).op(op::NONE);
             p.op(op::TUPLE).op(op::BINPERSID);
-            p.int(v.offset).tuple(v.shape).tuple(v.stride).op(op::NEWFALSE);
+            p.int(v.offset)
+                .tuple(v.shape)
+                .tuple(v.stride)
+                .op(op::NEWFALSE);
             p.ordered_dict().op(op::TUPLE).op(op::REDUCE);
         }
         p.op(op::SETITEMS);
@@ -310,6 +315,7 @@ pub(crate) mod tests {
             std::fs::write(&pth, &full[..cut]).unwrap();
             let err = convert_checkpoint(&pth, &out).unwrap_err();
             let msg = format!("{err:#}");
+            println!("cut at {cut}: {msg}");
             assert!(msg.contains("cut.pth"), "cut at {cut}: {msg}");
             assert!(!out.exists(), "cut at {cut}");
         }
