@@ -104,8 +104,10 @@ pub(crate) mod tests {
         pub const STOP: u8 = b'.';
     }
 
-    /// A pickle being written: the opcodes `torch.save` (PyTorch ≤ 1.5, protocol 2) writes for
-    /// a state dict, without the memo (`BINPUT`), which only shares repeated objects.
+    /// A pickle being written with the opcodes `torch.save` (PyTorch ≤ 1.5, protocol 2) writes
+    /// for a state dict, except that every int is a `BININT` (torch's pickler picks the
+    /// shortest int opcode) and there is no memo (`BINPUT`), which only shares repeated objects.
+    /// Python's `pickle` reads the result as the same structure as the package's real file.
     #[derive(Default)]
     struct Pickle(Vec<u8>);
 
@@ -202,8 +204,8 @@ pub(crate) mod tests {
         },
     ];
 
-    /// The bytes of a legacy `torch.save(state_dict)` holding [`VIEWS`], opcode for opcode what
-    /// PyTorch ≤ 1.5 writes (`torch/serialization.py`, `_legacy_save`), memo aside.
+    /// The bytes of a legacy `torch.save(state_dict)` holding [`VIEWS`], laid out as PyTorch
+    /// ≤ 1.5 writes them (`torch/serialization.py`, `_legacy_save`).
     pub(crate) fn legacy_checkpoint() -> Vec<u8> {
         let storages = storages();
         let mut out = Vec::new();
