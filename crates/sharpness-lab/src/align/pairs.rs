@@ -939,6 +939,55 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs `sharpness-lab align fetch`"]
+    fn the_real_corpus() {
+        let cache = crate::data::default_cache_dir();
+        super::super::fetch::verify(&cache).unwrap();
+        let corpus = build(&cache, 0).unwrap();
+        let emoji = |split| corpus.concepts(Source::Emoji, split);
+        let (train, eval) = (emoji(Split::Train), emoji(Split::Eval));
+        // emoji-datasource 16.0.0 has 1911 entries, all with Google and Twitter images.
+        assert_eq!((train + eval, corpus.emoji_without_image), (1911, 0));
+        assert_eq!(eval, 382); // round(0.2 · 1911)
+        assert_eq!(corpus.count(Source::Emoji, Split::Train), 2 * train);
+        let clip = corpus.count(Source::ClipArt, Split::Train)
+            + corpus.count(Source::ClipArt, Split::Eval);
+        // The fetch step keeps 6900 drawings; each is a pair, refused or over its concept's cap.
+        assert_eq!(clip + corpus.refused.len() + corpus.over_concept_cap, 6900);
+        assert!(clip > 4000, "{clip}");
+        // The 168 Mpx drawing is refused.
+        assert!(
+            corpus
+                .refused
+                .iter()
+                .any(|r| r.width == 10524 && r.height == 16000)
+        );
+        // Splits are disjoint by concept.
+        let concepts = |split| -> BTreeSet<&str> {
+            corpus
+                .pairs
+                .iter()
+                .filter(|p| p.split == split)
+                .map(|p| p.concept.as_str())
+                .collect()
+        };
+        assert!(concepts(Split::Train).is_disjoint(&concepts(Split::Eval)));
+        eprintln!(
+            "emoji concepts {train}/{eval}, clip-art pairs {clip} ({} / {} concepts), refused {}, over cap {}",
+            corpus.concepts(Source::ClipArt, Split::Train),
+            corpus.concepts(Source::ClipArt, Split::Eval),
+            corpus.refused.len(),
+            corpus.over_concept_cap
+        );
+        for p in corpus.pairs.iter().step_by(997) {
+            eprintln!(
+                "{:?} {:?} [{}] {}",
+                p.source, p.split, p.category, p.caption
+            );
+        }
+    }
+
+    #[test]
     fn images_are_composited_on_white_and_centred() {
         // 4 × 2: left half opaque red, right half transparent; scaled to 8 × 4 on an 8 × 8 square.
         let rgba = RgbaImage::from_fn(4, 2, |x, _| {

@@ -687,6 +687,58 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs `sharpness-lab align fetch`"]
+    fn the_real_corpus_through_the_pipeline_with_fake_towers() {
+        let cache = crate::data::default_cache_dir();
+        let data = super::super::fetch::verify(&cache).unwrap();
+        // Not the cache's features directory: fake features must never be mistaken for real ones.
+        let out = tempfile::tempdir().unwrap();
+        let fake = Fake {
+            calls: Cell::new(0),
+        };
+        let inputs = Inputs {
+            data,
+            input_size: 224,
+            ..inputs()
+        };
+        struct At224(Fake);
+        impl Towers for At224 {
+            fn input_size(&self) -> usize {
+                224
+            }
+            fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
+                self.0.embed(texts)
+            }
+            fn features(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+                self.0.features(pixels, n)
+            }
+        }
+        let towers = At224(fake);
+        let started = Instant::now();
+        let outcome = prepare_features(
+            &cache,
+            out.path(),
+            &towers,
+            &inputs,
+            || pairs::build(&cache, 0),
+            64,
+            true,
+        )
+        .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{}\nwall {seconds:.1}s",
+            summary(&outcome.manifest, out.path())
+        );
+        let prepared = load(out.path()).unwrap();
+        assert_eq!(prepared.image.len(), prepared.pairs.len() * IMAGE_DIM);
+        // Every image is mostly white: mean pixel value well above mid-grey on average.
+        let mean: f32 = prepared.image.chunks(IMAGE_DIM).map(|r| r[0]).sum::<f32>()
+            / prepared.pairs.len() as f32;
+        assert!(mean > 150.0 && mean < 255.0, "{mean}");
+    }
+
+    #[test]
     fn a_missing_image_names_the_file() {
         let (tmp, mut corpus) = fixture();
         fs::remove_file(tmp.path().join("align/openclipart/png/animals/grey.png")).unwrap();
