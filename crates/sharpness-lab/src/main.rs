@@ -44,6 +44,11 @@ enum Command {
     BadMinimum(sharpness_lab::experiments::monge::finetune::FinetuneArgs),
     /// Monge SAM robustness claim: divergence of SAM and M-SAM over learning rate × ρ.
     Robustness(sharpness_lab::experiments::monge::grid::GridArgs),
+    /// Cross-modal alignment set-up (Monge SAM §4.2): fetch encoders and image–text pairs, cache features.
+    Align {
+        #[command(subcommand)]
+        command: sharpness_lab::align::cli::AlignCommand,
+    },
     /// Run every lab experiment into a results directory with figures, data and report.md.
     Reproduce(sharpness_lab::reproduce::ReproduceArgs),
 }
@@ -62,6 +67,7 @@ fn main() -> Result<()> {
         Command::Toy { command } => sharpness_lab::toys::cli::run(command),
         Command::BadMinimum(args) => sharpness_lab::experiments::monge::finetune::cli(args),
         Command::Robustness(args) => sharpness_lab::experiments::monge::grid::cli(args),
+        Command::Align { command } => sharpness_lab::align::cli::run(command),
         Command::Reproduce(args) => sharpness_lab::reproduce::run(&args),
     })
 }

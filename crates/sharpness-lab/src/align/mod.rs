@@ -12,11 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod cli;
 pub mod clip;
 pub mod fetch;
 pub mod image;
 pub mod knn;
 pub mod pairs;
+pub mod prepare;
 pub mod text;
 
 /// The alignment part of the cache: `<cache>/align`.
@@ -32,6 +34,17 @@ pub fn minilm_dir(cache: &Path) -> PathBuf {
 /// The image tower's files (the package's legacy `.pth` and the converted `model.safetensors`).
 pub fn efficientnet_dir(cache: &Path) -> PathBuf {
     dir(cache).join("efficientnet-lite0")
+}
+
+/// The emoji data: `emoji-datasource/` (names, categories, 32 px sheets) and `emojilib/` (keywords).
+pub fn emoji_dir(cache: &Path) -> PathBuf {
+    dir(cache).join("emoji")
+}
+
+/// The Open Clip Art drawings: `png/<folder>/…/<name>.png`, their `svg/…/<name>.svg` (metadata)
+/// and the listing of their sums, `SHA256SUMS`.
+pub fn clipart_dir(cache: &Path) -> PathBuf {
+    dir(cache).join("openclipart")
 }
 
 /// foolbox's 20 labelled ImageNet test images (`imagenet_*`), the image tower's check.

@@ -66,19 +66,29 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// Parses [`SHA256SUMS`].
 pub fn checksums() -> Vec<Checksum> {
-    SHA256SUMS
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let (sha, path) = line
-                .split_once("  ")
-                .expect("SHA256SUMS line is `<hex>  <path>`");
-            Checksum {
-                sha256: sha.to_owned(),
-                path: path.trim().to_owned(),
-            }
-        })
-        .collect()
+    parse_sums(SHA256SUMS).expect("the recorded SHA256SUMS parse")
+}
+
+/// Parses a sums listing, `<hex>  <path>` per line (blank lines skipped); a malformed line is an
+/// error quoting its number.
+pub(crate) fn parse_sums(text: &str) -> anyhow::Result<Vec<Checksum>> {
+    let mut sums = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((sha, path)) = line.split_once("  ") else {
+            bail!("line {}: expected `<sha256 hex>  <path>`", i + 1);
+        };
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("line {}: `{sha}` is not a sha256 hex digest", i + 1);
+        }
+        sums.push(Checksum {
+            sha256: sha.to_owned(),
+            path: path.trim().to_owned(),
+        });
+    }
+    Ok(sums)
 }
 
 /// Hex SHA-256 of a file's contents.
@@ -128,6 +138,12 @@ fn stamp(path: &Path) -> io::Result<(u64, u128)> {
 /// (SHA-256 of its recorded sums, a line per file). A file is hashed again only when its size or
 /// modification time differs from when it last matched (remembered in `cache/.verified.json`).
 pub fn verify_dataset(cache: &Path, name: DatasetName) -> anyhow::Result<String> {
+    verify_sums(cache, &dataset_sums(name))
+}
+
+/// Verifies the files of `sums` in `cache` and returns the SHA-256 of their sum lines, remembering
+/// verifications by size and modification time as [`verify_dataset`] describes.
+pub(crate) fn verify_sums(cache: &Path, sums: &[Checksum]) -> anyhow::Result<String> {
     let memo_path = cache.join(VERIFIED_FILE);
     let mut memo: BTreeMap<String, Verified> = fs::read(&memo_path)
         .ok()
@@ -135,7 +151,7 @@ pub fn verify_dataset(cache: &Path, name: DatasetName) -> anyhow::Result<String>
         .unwrap_or_default();
     let mut changed = false;
     let mut lines = String::new();
-    for sum in dataset_sums(name) {
+    for sum in sums {
         let path = cache.join(&sum.path);
         let (len, modified_ns) =
             stamp(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -143,7 +159,7 @@ pub fn verify_dataset(cache: &Path, name: DatasetName) -> anyhow::Result<String>
             v.len == len && v.modified_ns == modified_ns && v.sha256 == sum.sha256
         });
         if !known {
-            verify_file(&path, &sum)?;
+            verify_file(&path, sum)?;
             memo.insert(
                 sum.path.clone(),
                 Verified {
@@ -165,7 +181,8 @@ pub fn verify_dataset(cache: &Path, name: DatasetName) -> anyhow::Result<String>
     Ok(hex(&Sha256::digest(lines.as_bytes())))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut hex = String::with_capacity(2 * bytes.len());
     for byte in bytes {
         write!(hex, "{byte:02x}").expect("writing to a String cannot fail");
@@ -242,21 +259,25 @@ fn install(staged: &Path, cache: &Path, sum: &Checksum) -> anyhow::Result<()> {
     let file_name = Path::new(&sum.path)
         .file_name()
         .expect("sum path has a file name");
-    let source = staged.join(file_name);
-    verify_file(&source, sum)?;
+    install_file(&staged.join(file_name), cache, sum)
+}
+
+/// Verifies the staged file `source` against `sum` and moves it to its place in `cache`.
+pub(crate) fn install_file(source: &Path, cache: &Path, sum: &Checksum) -> anyhow::Result<()> {
+    verify_file(source, sum)?;
     let dest = cache.join(&sum.path);
     fs::create_dir_all(dest.parent().expect("sum path has a parent"))?;
-    fs::rename(&source, &dest)
+    fs::rename(source, &dest)
         .with_context(|| format!("cannot move {} to {}", source.display(), dest.display()))
 }
 
 /// Whether `sum`'s file exists in `cache` with the recorded hash.
-fn is_intact(cache: &Path, sum: &Checksum) -> bool {
+pub(crate) fn is_intact(cache: &Path, sum: &Checksum) -> bool {
     verify_file(&cache.join(&sum.path), sum).is_ok()
 }
 
 /// Errors unless `path` exists and hashes to `sum.sha256`.
-fn verify_file(path: &Path, sum: &Checksum) -> anyhow::Result<()> {
+pub(crate) fn verify_file(path: &Path, sum: &Checksum) -> anyhow::Result<()> {
     if path.is_dir() {
         bail!(
             "{} is a directory, where the data file {} belongs",
@@ -313,7 +334,7 @@ fn stage_fashion(dir: &Path, log: &mut dyn FnMut(&str)) -> anyhow::Result<PathBu
              the package lists are missing or stale: run `sudo apt-get update` and fetch again"
         )
     })?;
-    let deb = find_deb(dir)?;
+    let deb = find_deb(dir, FASHION_DEB_PACKAGE)?;
     let root = dir.join("root");
     timed(log, "dpkg-deb -x", || {
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
@@ -335,26 +356,26 @@ fn idx_size(file: &str) -> u64 {
     }
 }
 
-/// The downloaded `.deb` in `dir`.
-fn find_deb(dir: &Path) -> anyhow::Result<PathBuf> {
+/// The downloaded `.deb` of `package` in `dir`.
+pub(crate) fn find_deb(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        if name.starts_with(&format!("{FASHION_DEB_PACKAGE}_")) && name.ends_with(".deb") {
+        if name.starts_with(&format!("{package}_")) && name.ends_with(".deb") {
             return Ok(path);
         }
     }
     bail!(
-        "apt-get download left no {FASHION_DEB_PACKAGE}_*.deb in {}",
+        "apt-get download left no {package}_*.deb in {}",
         dir.display()
     )
 }
 
 /// Runs `step`, logging its name and duration.
-fn timed<T>(
+pub(crate) fn timed<T>(
     log: &mut dyn FnMut(&str),
     what: &str,
     step: impl FnOnce() -> anyhow::Result<T>,
@@ -371,7 +392,7 @@ fn timed<T>(
 
 /// Runs a command to completion within [`CLIENT_TIMEOUT`]; a non-zero exit is an error quoting
 /// its stderr.
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     run_with_timeout(cmd, CLIENT_TIMEOUT)
 }
 
@@ -424,10 +445,10 @@ const SCRATCH_PREFIX: &str = ".fetch-";
 
 /// A scratch directory inside the cache, removed when dropped; those of dead processes (a killed
 /// fetch) are removed when the next one is made.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(cache: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn new(cache: &Path) -> anyhow::Result<Self> {
         remove_stale_scratch(cache);
         let path = cache.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
         if path.exists() {
@@ -437,7 +458,7 @@ impl Scratch {
         Ok(Self(path))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -11,7 +11,7 @@
 pub mod fetch;
 pub mod idx;
 pub mod protocol;
-mod untar;
+pub(crate) mod untar;
 
 use std::path::{Path, PathBuf};
 

@@ -41,7 +41,8 @@ pub(crate) fn extract_tgz(archive: &Path, wanted: &[Wanted]) -> anyhow::Result<(
         if !entry.header().entry_type().is_file() {
             bail!("{}: {name} is not a regular file", archive.display());
         }
-        copy_capped(entry, want)
+        let declared = entry.header().size()?;
+        copy_capped(entry, declared, want)
             .with_context(|| format!("{}: extracting {name}", archive.display()))?;
     }
     if let Some(name) = pending.keys().next() {
@@ -50,9 +51,9 @@ pub(crate) fn extract_tgz(archive: &Path, wanted: &[Wanted]) -> anyhow::Result<(
     Ok(())
 }
 
-/// Copies an archive member to `want.dest`, refusing (and removing) more than `want.max_bytes`.
-fn copy_capped<R: Read>(entry: tar::Entry<'_, R>, want: &Wanted) -> anyhow::Result<()> {
-    let declared = entry.header().size()?;
+/// Copies an archive member that declares `declared` bytes to `want.dest`, refusing (and
+/// removing) more than `want.max_bytes`.
+pub(crate) fn copy_capped(entry: impl Read, declared: u64, want: &Wanted) -> anyhow::Result<()> {
     if declared > want.max_bytes {
         bail!(
             "declares {declared} bytes, more than the {} expected",

@@ -35,8 +35,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The package's legacy checkpoint as the fetch step places it next to [`WEIGHTS_FILE`].
 pub const CHECKPOINT_FILE: &str = "efficientnet-lite0-57934424.pth";
 
-/// The command that fetches and converts the weights.
-pub const FETCH_COMMAND: &str = "sharpness-lab align fetch";
+pub use crate::align::fetch::FETCH_COMMAND;
 
 /// The input side the encoder runs at unless told otherwise. EfficientNet-Lite0's own is 224;
 /// 160 costs half as much on a CPU (Flex, release, 2 busy cores, batch 8: ~22 against ~44 ms

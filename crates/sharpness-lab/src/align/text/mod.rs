@@ -23,8 +23,7 @@ pub use bert::{Bert, BertConfig, l2_normalize, mean_pool};
 /// The width of a sentence embedding.
 pub const TEXT_DIM: usize = 384;
 
-/// The command that fetches the tower's files into the cache, named by every error about them.
-pub const FETCH_COMMAND: &str = "sharpness-lab align fetch";
+pub use crate::align::fetch::FETCH_COMMAND;
 
 /// The weights (`BertModel`'s tensors, f32).
 pub const WEIGHTS_FILE: &str = "model.safetensors";
