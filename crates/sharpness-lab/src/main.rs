@@ -49,6 +49,8 @@ enum Command {
         #[command(subcommand)]
         command: sharpness_lab::align::cli::AlignCommand,
     },
+    /// Monge SAM §4.2 (Tables 1–3, Fig. 7): CLIP heads fine-tuned with SGD, Adam, SAM, M-SAM; mutual k-NN alignment.
+    Alignment(sharpness_lab::experiments::monge::PresetArgs),
     /// Run every lab experiment into a results directory with figures, data and report.md.
     Reproduce(sharpness_lab::reproduce::ReproduceArgs),
 }
@@ -68,6 +70,7 @@ fn main() -> Result<()> {
         Command::BadMinimum(args) => sharpness_lab::experiments::monge::finetune::cli(args),
         Command::Robustness(args) => sharpness_lab::experiments::monge::grid::cli(args),
         Command::Align { command } => sharpness_lab::align::cli::run(command),
+        Command::Alignment(args) => sharpness_lab::experiments::monge::alignment::cli(args),
         Command::Reproduce(args) => sharpness_lab::reproduce::run(&args),
     })
 }

@@ -50,6 +50,8 @@ pub enum Experiment {
     BadMinimum,
     /// Divergence over learning rate × ρ (Monge SAM, robustness claim), reduced preset.
     Robustness,
+    /// Cross-modal alignment of CLIP heads (Monge SAM §4.2), reduced preset.
+    Alignment,
 }
 
 /// Whether this process runs `reproduce --quick` (set once by [`run`]; the sections read it to
@@ -74,12 +76,14 @@ impl Experiment {
             Experiment::Table => table_section,
             Experiment::BadMinimum => crate::experiments::monge::finetune::reproduce,
             Experiment::Robustness => crate::experiments::monge::grid::reproduce,
+            Experiment::Alignment => crate::experiments::monge::alignment::reproduce,
         }
     }
 
-    /// Whether it trains on the real datasets (fetched on first use).
+    /// Whether it trains on MNIST or Fashion-MNIST (fetched on first use; the alignment data is
+    /// fetched by its own section).
     pub fn needs_data(self) -> bool {
-        self != Experiment::Toys
+        !matches!(self, Experiment::Toys | Experiment::Alignment)
     }
 }
 

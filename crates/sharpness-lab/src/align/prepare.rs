@@ -39,6 +39,9 @@ pub const PAIRS_FILE: &str = "pairs.json";
 /// The manifest.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Pairs per tower call by default (images are decoded in parallel per call).
+pub const BATCH: usize = 64;
+
 /// Where the features go: `<cache>/align/features`.
 pub fn features_dir(cache: &Path) -> PathBuf {
     super::dir(cache).join("features")
@@ -81,8 +84,17 @@ impl Towers for FrozenTowers {
 
     fn features(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         let s = self.input_size();
-        let images = Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), &self.device);
-        host(self.image.features(images)?)
+        let images = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, s, s]), &self.device);
+        // The tower's fastest batch (measured) rather than the pipeline's.
+        let mut out = Vec::with_capacity(n * IMAGE_DIM);
+        for start in (0..n).step_by(super::image::FEATURE_BATCH) {
+            let count = super::image::FEATURE_BATCH.min(n - start);
+            out.extend(host(
+                self.image
+                    .features(images.clone().narrow(0, start, count))?,
+            )?);
+        }
+        Ok(out)
     }
 }
 
@@ -436,7 +448,7 @@ pub struct PrepareArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Pairs per tower call.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = BATCH)]
     pub batch_size: usize,
 }
 
@@ -444,11 +456,32 @@ pub struct PrepareArgs {
 /// reuses the features and prints the summary.
 pub fn cli(args: PrepareArgs) -> Result<()> {
     let cache = args.cache.unwrap_or_else(crate::data::default_cache_dir);
-    super::fetch::fetch_all(&cache, &mut |line| eprintln!("{line}"))?;
-    let data = super::fetch::verify(&cache)?;
-    let fetch = super::fetch::fetch_command(&cache);
-    let device = crate::device::device();
-    let weights = super::efficientnet_dir(&cache).join("model.safetensors");
+    let (outcome, dir) = ensure(&cache, args.seed, args.batch_size, &mut |line| {
+        eprintln!("{line}")
+    })?;
+    match &outcome.computed_because {
+        None => eprintln!("features reused (manifest matches)"),
+        Some(reason) => eprintln!("features computed ({reason})"),
+    }
+    println!("{}", summary(&outcome.manifest, &dir));
+    Ok(())
+}
+
+/// The features for split seed `seed`: fetched, verified and computed where needed (reused when
+/// the manifest matches); returns the outcome and their directory. `log` gets the fetch step's
+/// lines.
+pub fn ensure(
+    cache: &Path,
+    seed: u64,
+    batch_size: usize,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Outcome, PathBuf)> {
+    super::fetch::fetch_all(cache, log)?;
+    let data = super::fetch::verify(cache)?;
+    let fetch = super::fetch::fetch_command(cache);
+    // Frozen: inference only, no autodiff.
+    let device = crate::device::device().inner();
+    let weights = super::efficientnet_dir(cache).join(super::image::WEIGHTS_FILE);
     let image_model = sha256_file(&weights).with_context(|| {
         format!(
             "cannot read the image tower's weights {}; make them with `{fetch}`",
@@ -456,37 +489,32 @@ pub fn cli(args: PrepareArgs) -> Result<()> {
         )
     })?;
     let towers = FrozenTowers {
-        text: TextEncoder::load(&super::minilm_dir(&cache), &device)
+        text: TextEncoder::load(&super::minilm_dir(cache), &device)
             .with_context(|| format!("loading the text tower; repair with `{fetch}`"))?,
-        image: ImageEncoder::load(&super::efficientnet_dir(&cache), &device)
+        image: ImageEncoder::load(&super::efficientnet_dir(cache), &device)
             .with_context(|| format!("loading the image tower; repair with `{fetch}`"))?,
         device,
     };
     let inputs = Inputs {
         format: FEATURES_FORMAT,
         corpus_rule: corpus_rule(),
-        seed: args.seed,
+        seed,
         input_size: towers.input_size(),
         data,
         text_model: super::fetch::package_hash(super::fetch::Package::MiniLm),
         image_model,
     };
-    let dir = features_dir(&cache);
+    let dir = features_dir(cache);
     let outcome = prepare_features(
-        &cache,
+        cache,
         &dir,
         &towers,
         &inputs,
-        || pairs::build(&cache, args.seed),
-        args.batch_size,
+        || pairs::build(cache, seed),
+        batch_size,
         true,
     )?;
-    match &outcome.computed_because {
-        None => eprintln!("features reused (manifest matches)"),
-        Some(reason) => eprintln!("features computed ({reason})"),
-    }
-    println!("{}", summary(&outcome.manifest, &dir));
-    Ok(())
+    Ok((outcome, dir))
 }
 
 #[cfg(test)]

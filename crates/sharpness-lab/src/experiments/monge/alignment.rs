@@ -38,7 +38,11 @@ use sharpness::{GradientEstimator, Plain, RhoSchedule, SharpnessAware, Sharpness
 use super::ResumeFile;
 use super::grid::{Divergence, divergence};
 use crate::align::clip::Clip;
+use crate::align::image::IMAGE_DIM;
 use crate::align::knn::mutual_knn;
+use crate::align::pairs::{Pair, Source, Split};
+use crate::align::prepare::{self, Prepared};
+use crate::align::text::TEXT_DIM;
 use crate::data::epoch_order;
 use crate::methods::Method;
 use crate::report::{
@@ -501,6 +505,95 @@ fn run_one(
 }
 
 const DIR: &str = "alignment";
+const TITLE: &str = "Cross-modal alignment (Monge SAM §4.2, Tables 1–3, Figure 7)";
+
+/// The source the heads are pre-trained on (the larger, broader one, as CLIP's pre-training
+/// corpus) and the one they are fine-tuned on.
+pub const SOURCES: (Source, Source) = (Source::ClipArt, Source::Emoji);
+
+/// The experiment's sets from `align prepare`'s features (see the module docs): pre-training on
+/// the training concepts of `sources.0`, fine-tuning on those of `sources.1`, evaluation on the
+/// held-out concepts of both, one pair per concept (its first).
+pub fn data_from(prepared: &Prepared, sources: (Source, Source), device: &Device) -> Data {
+    let (n, text_dim, image_dim) = (prepared.pairs.len(), TEXT_DIM, IMAGE_DIM);
+    debug_assert_eq!(prepared.text.len(), n * text_dim);
+    let pick = |keep: &dyn Fn(usize, &Pair) -> bool| {
+        let rows: Vec<usize> = (0..n).filter(|&i| keep(i, &prepared.pairs[i])).collect();
+        let gather = |m: &[f32], width: usize| -> Tensor<2> {
+            let values: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| m[r * width..(r + 1) * width].iter().copied())
+                .collect();
+            Tensor::from_data(TensorData::new(values, [rows.len(), width]), device)
+        };
+        Pairs {
+            image: gather(&prepared.image, image_dim),
+            text: gather(&prepared.text, text_dim),
+            category: rows
+                .iter()
+                .map(|&r| prepared.pairs[r].category.clone())
+                .collect(),
+        }
+    };
+    let mut first_of_concept = std::collections::HashSet::new();
+    let first: Vec<bool> = prepared
+        .pairs
+        .iter()
+        .map(|p| first_of_concept.insert(p.concept.as_str()))
+        .collect();
+    let name = |s: Source| format!("{s:?}").to_lowercase();
+    Data {
+        pretrain: pick(&|_, p| p.source == sources.0 && p.split == Split::Train),
+        finetune: pick(&|_, p| p.source == sources.1 && p.split == Split::Train),
+        eval: pick(&|i, p| p.split == Split::Eval && first[i]),
+        sources: (name(sources.0), name(sources.1)),
+    }
+}
+
+/// `s` on the cached features (prepared first if needed; the first use computes them).
+fn run_on_cache(
+    s: &Settings,
+    out: &Path,
+    device: &Device,
+    progress: &ProgressBar,
+) -> Result<String> {
+    let cache = crate::data::default_cache_dir();
+    progress.set_message("alignment: fetching / checking the features");
+    let (outcome, dir) = progress.suspend(|| {
+        prepare::ensure(&cache, 0, prepare::BATCH, &mut |line| eprintln!("  {line}"))
+    })?;
+    let prepared = prepare::load(&dir)?;
+    let key = outcome
+        .manifest
+        .files
+        .get(prepare::FEATURES_FILE)
+        .cloned()
+        .unwrap_or_default();
+    let data = data_from(&prepared, SOURCES, device);
+    run(s, &data, &key, out, device, progress)
+}
+
+/// `sharpness-lab alignment [--reduced]`.
+pub fn cli(args: super::PresetArgs) -> Result<()> {
+    let settings = match args.reduced {
+        true => Settings::reduced(),
+        false => Settings::full(),
+    };
+    super::command(&args, DIR, TITLE, |out, device, progress| {
+        run_on_cache(&settings, out, device, progress)
+    })
+}
+
+/// The reduced preset as a section of `reproduce` (left out by `--quick`).
+pub fn reproduce(out: &Path, progress: &ProgressBar) -> Result<ReportSection> {
+    super::reproduce_section(
+        out,
+        progress,
+        TITLE,
+        "alignment",
+        |out, device, progress| run_on_cache(&Settings::reduced(), out, device, progress),
+    )
+}
 
 /// Runs the experiment on `data` (the runs not finished by an earlier invocation), writes
 /// `out/alignment/` and returns the report section (links relative to `out`). `data_key`
@@ -1045,14 +1138,6 @@ fn verdict(s: &Settings, at_start: &Record, records: &[Record]) -> String {
         div(Optimizer::Sam),
         s.sam_lrs.len() * s.rhos.len(),
     )
-}
-
-/// The report section of the experiment (the caller names it).
-pub fn report_section(body: String) -> ReportSection {
-    ReportSection {
-        title: "Cross-modal alignment (Monge SAM §4.2, Tables 1–3, Figure 7)".into(),
-        body,
-    }
 }
 
 #[cfg(test)]
