@@ -80,6 +80,13 @@ fn experiments_have_names_and_serialise_nowhere() {
         .collect();
     assert_eq!(
         names,
-        ["toys", "bias", "table", "bad-minimum", "robustness"]
+        [
+            "toys",
+            "bias",
+            "table",
+            "bad-minimum",
+            "robustness",
+            "alignment"
+        ]
     );
 }
