@@ -833,16 +833,50 @@ fn curves_figure(s: &Settings, records: &[Record]) -> Figure {
     }
 }
 
-/// Principal axes of the rows of `x` (centred), largest variance first: `[d, d]`, one axis per
-/// column.
-fn principal_axes(x: Tensor<2>) -> Tensor<2> {
-    let [n, _] = x.dims();
+/// The `count` leading principal axes of the rows of `x` (centred), largest variance first, as
+/// rows of `d` values: power iteration with deflation on the covariance (a few axes of a few
+/// hundred dimensions, for a figure).
+fn principal_axes(x: Tensor<2>, count: usize) -> Result<Vec<Vec<f64>>> {
+    let [n, d] = x.dims();
     let centred = x.clone() - x.mean_dim(0);
-    let covariance = centred.clone().transpose().matmul(centred) / (n.max(2) - 1) as f64;
-    // The covariance is symmetric positive semi-definite: its left singular vectors are its
-    // eigenvectors, in descending order of the eigenvalues.
-    let (u, _, _) = burn::linalg::svd::<2, 1>(covariance, 64);
-    u
+    let covariance = (centred.clone().transpose().matmul(centred) / (n.max(2) - 1) as f64)
+        .into_data()
+        .try_into_vec_as::<f64>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(leading_eigenvectors(covariance, d, count))
+}
+
+/// The `count` leading eigenvectors of the symmetric positive semi-definite `d × d` matrix `c`
+/// (row-major), by power iteration, each found one deflated by those before.
+fn leading_eigenvectors(mut c: Vec<f64>, d: usize, count: usize) -> Vec<Vec<f64>> {
+    let mut axes = vec![];
+    for _ in 0..count.min(d) {
+        // A start with a component along every axis (no eigenvector is orthogonal to it by design).
+        let mut v: Vec<f64> = (0..d).map(|i| 1.0 + (i as f64 * 0.618).fract()).collect();
+        let mut lambda = 0.0;
+        for _ in 0..2000 {
+            let w: Vec<f64> = (0..d)
+                .map(|i| (0..d).map(|j| c[i * d + j] * v[j]).sum())
+                .collect();
+            let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            let next: Vec<f64> = w.iter().map(|x| x / norm).collect();
+            let moved: f64 = next.iter().zip(&v).map(|(a, b)| (a - b).abs()).sum();
+            (v, lambda) = (next, norm);
+            if moved < 1e-12 {
+                break;
+            }
+        }
+        for i in 0..d {
+            for j in 0..d {
+                c[i * d + j] -= lambda * v[i] * v[j];
+            }
+        }
+        axes.push(v);
+    }
+    axes
 }
 
 /// Figure 7's picture: the held-out pairs' image and text embeddings together, projected on
@@ -868,13 +902,16 @@ fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
             ],
             0,
         );
-        let axes = principal_axes(joint.clone()).narrow(1, 1, 2);
-        let xy = (joint.clone() - joint.mean_dim(0))
-            .matmul(axes)
+        let axes = principal_axes(joint.clone(), 3)?;
+        let [_, d] = joint.dims();
+        let centred = (joint.clone() - joint.mean_dim(0))
             .into_data()
             .try_into_vec_as::<f64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let point = |row: usize| (xy[2 * row], xy[2 * row + 1]);
+        let project = |row: usize, axis: &[f64]| -> f64 {
+            centred[row * d..(row + 1) * d].iter().zip(axis).map(|(a, b)| a * b).sum()
+        };
+        let point = |row: usize| (project(row, &axes[1]), project(row, &axes[2]));
         let (xs, ys): (Vec<f64>, Vec<f64>) = (0..2 * n).map(point).unzip();
         let range = |v: &[f64]| {
             let (lo, hi) = (
@@ -1143,6 +1180,23 @@ fn verdict(s: &Settings, at_start: &Record, records: &[Record]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leading_eigenvectors_of_a_known_matrix() {
+        // Q diag(5, 3, 1) Qᵀ with Q a rotation by 30° in the (x, y) plane.
+        let (c30, s30) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        let q = [[c30, -s30, 0.0], [s30, c30, 0.0], [0.0, 0.0, 1.0]];
+        let l = [5.0, 3.0, 1.0];
+        let m: Vec<f64> = (0..9)
+            .map(|k| (0..3).map(|e| q[k / 3][e] * l[e] * q[k % 3][e]).sum())
+            .collect();
+        let axes = leading_eigenvectors(m, 3, 3);
+        for (e, axis) in axes.iter().enumerate() {
+            let column = [q[0][e], q[1][e], q[2][e]];
+            let cos: f64 = axis.iter().zip(column).map(|(a, b)| a * b).sum();
+            assert!((cos.abs() - 1.0).abs() < 1e-9, "axis {e}: {axis:?}");
+        }
+    }
 
     #[test]
     fn step_order_walks_through_epochs_of_full_batches() {
