@@ -19,34 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
 
-mod gemm;
 mod mlp6;
-pub use gemm::{GemmConv2d, max_pool_2x2};
 pub use mlp6::Mlp6;
-
-/// A convolution of the lab's networks: Burn's `Conv2d`, or unfold + matrix multiply.
-#[derive(Module, Debug)]
-pub enum Conv {
-    /// Burn's `Conv2d`.
-    Burn(Conv2d),
-    /// See [`GemmConv2d`].
-    Gemm(GemmConv2d),
-}
-
-impl Conv {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        match self {
-            Conv::Burn(c) => c.forward(x),
-            Conv::Gemm(c) => c.forward(x),
-        }
-    }
-}
-
-/// Whether the networks use the tensor-op layer `which` (`conv` or `pool`):
-/// `SHARPNESS_LAB_LAYERS=conv,pool`, for A/B runs.
-fn gemm_layers(which: &str) -> bool {
-    std::env::var("SHARPNESS_LAB_LAYERS").is_ok_and(|v| v.split(',').any(|w| w == which))
-}
 
 /// Which network.
 #[derive(
@@ -153,7 +127,7 @@ impl Init {
         kernel: usize,
         stride: usize,
         bias: bool,
-    ) -> Conv {
+    ) -> Conv2d {
         let mut layer = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
             .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(
@@ -167,16 +141,7 @@ impl Init {
         let bound = 1.0 / ((c_in * kernel * kernel) as f64).sqrt();
         layer.weight = Param::from_tensor(self.uniform([c_out, c_in, kernel, kernel], bound));
         layer.bias = bias.then(|| Param::from_tensor(self.uniform([c_out], bound)));
-        if gemm_layers("conv") {
-            Conv::Gemm(GemmConv2d {
-                weight: layer.weight,
-                bias: layer.bias,
-                stride,
-                padding: kernel / 2,
-            })
-        } else {
-            Conv::Burn(layer)
-        }
+        layer
     }
 
     fn batch_norm(&self, channels: usize) -> BatchNorm {
@@ -214,13 +179,12 @@ impl Mlp {
 /// conv3×3(1→16)–BN–ReLU–maxpool2 → conv3×3(16→32)–BN–ReLU–maxpool2 → linear(32·7·7 → 10).
 #[derive(Module, Debug)]
 pub struct Cnn {
-    conv1: Conv,
+    conv1: Conv2d,
     bn1: BatchNorm,
-    conv2: Conv,
+    conv2: Conv2d,
     bn2: BatchNorm,
     pool: MaxPool2d,
     fc: Linear,
-    gemm_pool: bool,
 }
 
 impl Cnn {
@@ -236,21 +200,17 @@ impl Cnn {
             bn2: init.batch_norm(Self::C2),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             fc: init.linear(Self::C2 * side * side, NUM_CLASSES),
-            gemm_pool: gemm_layers("pool"),
         }
     }
 
     /// Logits of `[batch, 1, 28, 28]` images.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let pool = |x: Tensor<4>| {
-            if self.gemm_pool {
-                max_pool_2x2(x)
-            } else {
-                self.pool.forward(x)
-            }
-        };
-        let x = pool(relu(self.bn1.forward(self.conv1.forward(x))));
-        let x = pool(relu(self.bn2.forward(self.conv2.forward(x))));
+        let x = self
+            .pool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let x = self
+            .pool
+            .forward(relu(self.bn2.forward(self.conv2.forward(x))));
         let [batch, c, h, w] = x.dims();
         self.fc.forward(x.reshape([batch, c * h * w]))
     }
@@ -259,9 +219,9 @@ impl Cnn {
 /// The ResNet basic block: conv–BN–ReLU–conv–BN plus a (projected) shortcut, then ReLU.
 #[derive(Module, Debug)]
 pub struct BasicBlock {
-    conv1: Conv,
+    conv1: Conv2d,
     bn1: BatchNorm,
-    conv2: Conv,
+    conv2: Conv2d,
     bn2: BatchNorm,
     shortcut: Option<Shortcut>,
 }
@@ -269,7 +229,7 @@ pub struct BasicBlock {
 /// A 1×1 strided projection with BatchNorm, where the block changes shape.
 #[derive(Module, Debug)]
 pub struct Shortcut {
-    conv: Conv,
+    conv: Conv2d,
     bn: BatchNorm,
 }
 
@@ -303,7 +263,7 @@ impl BasicBlock {
 /// average pooling, linear(64 → 10).
 #[derive(Module, Debug)]
 pub struct ResNet {
-    stem: Conv,
+    stem: Conv2d,
     bn: BatchNorm,
     blocks: Vec<BasicBlock>,
     pool: AdaptiveAvgPool2d,
