@@ -104,7 +104,8 @@ impl Setup {
     }
 
     fn loss(&self, net: &Network) -> Tensor<1> {
-        self.loss_fn.forward(net.forward(self.x.clone()), self.y.clone())
+        self.loss_fn
+            .forward(net.forward(self.x.clone()), self.y.clone())
     }
 }
 
@@ -415,8 +416,7 @@ pub fn compare_pytorch(
         for round in 0..options.rounds {
             reset_peak_rss();
             for (i, &(method, _)) in PYTORCH_METHODS.iter().enumerate() {
-                let (times, _) =
-                    time_method(&setup, model, method, options.steps, options.warmup)?;
+                let (times, _) = time_method(&setup, model, method, options.steps, options.warmup)?;
                 rust[i].extend(times);
             }
             if let Some(rss) = peak_rss_mib() {
@@ -707,12 +707,7 @@ impl ModuleVisitor for SquaredNorm<'_> {
 }
 
 /// A two-pass SAM step in plain Burn.
-fn hand_sam(
-    setup: &Setup,
-    net: &Network,
-    base: &mut ModuleOptimizer,
-    rho: f64,
-) -> Result<Network> {
+fn hand_sam(setup: &Setup, net: &Network, base: &mut ModuleOptimizer, rho: f64) -> Result<Network> {
     let grads = GradientsParams::from_grads(setup.loss(net).backward(), net);
     let mut norm = SquaredNorm {
         grads: &grads,
@@ -834,7 +829,10 @@ pub fn pool_ab(
     let width = TrainConfig::default().width;
     let mut rows = Vec::new();
     for &model in models {
-        let (mut opt_in, mut opt_out) = (optimizer(model, Method::Sam)?, optimizer(model, Method::Sam)?);
+        let (mut opt_in, mut opt_out) = (
+            optimizer(model, Method::Sam)?,
+            optimizer(model, Method::Sam)?,
+        );
         let start = Network::new(model, width, 0, &setup.device);
         let (mut a, mut b) = (Some(start.clone()), Some(start));
         let setup = &setup;
@@ -866,4 +864,99 @@ pub fn scratch_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("sharpness-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first weight of each network, for comparing two trained copies.
+    fn weights(net: &Network) -> Vec<f32> {
+        struct All(Vec<f32>);
+        impl ModuleVisitor for All {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let v = param.val().into_data().try_into_vec::<f32>().unwrap();
+                self.0.extend(v);
+            }
+        }
+        let mut all = All(Vec::new());
+        net.visit(&mut all);
+        all.0
+    }
+
+    /// The plain-Burn SAM of the floor bench computes the library's SAM step (so the bench
+    /// compares like with like): the same weights after two steps of the MLP.
+    #[test]
+    fn hand_written_sam_is_the_library_step() {
+        let setup = Setup::new(16);
+        let start = Network::new(ModelKind::Mlp, 8, 3, &setup.device);
+        let mut library = optimizer(ModelKind::Mlp, Method::Sam).unwrap();
+        let mut base = base_sgd().unwrap();
+        let (mut a, mut b) = (start.clone(), start);
+        for _ in 0..2 {
+            a = library_step(&mut library, a, &setup, true).unwrap().0;
+            b = hand_sam(&setup, &b, &mut base, 0.05).unwrap();
+        }
+        let (a, b) = (weights(&a), weights(&b));
+        assert_eq!(a.len(), 784 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-6, "largest difference {worst}");
+        // The steps moved the weights (a comparison of two untouched copies proves nothing).
+        let start = weights(&Network::new(ModelKind::Mlp, 8, 3, &setup.device));
+        assert!(a.iter().zip(&start).any(|(x, y)| (x - y).abs() > 1e-5));
+    }
+
+    /// The weights file lists every tensor the lab visits, in order, with its shape and values.
+    #[test]
+    fn weights_file_lists_the_tensors_in_visiting_order() {
+        let device = device();
+        let net = Network::new(ModelKind::Cnn, 8, 0, &device);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        write_weights(&net, &path).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let shapes: Vec<Vec<u64>> = json["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let shape = e["shape"].as_array().unwrap();
+                let shape: Vec<u64> = shape.iter().map(|d| d.as_u64().unwrap()).collect();
+                let n: u64 = shape.iter().product();
+                assert_eq!(e["values"].as_array().unwrap().len() as u64, n);
+                shape
+            })
+            .collect();
+        // conv1, bn1 (γ, β, running mean, running variance), conv2, bn2, fc (weight [in, out], bias).
+        let expected: Vec<Vec<u64>> = vec![
+            vec![16, 1, 3, 3],
+            vec![16],
+            vec![16],
+            vec![16],
+            vec![16],
+            vec![32, 16, 3, 3],
+            vec![32],
+            vec![32],
+            vec![32],
+            vec![32],
+            vec![1568, 10],
+            vec![10],
+        ];
+        assert_eq!(shapes, expected);
+        assert_eq!(
+            json["params"][0]["values"][0].as_f64().unwrap() as f32,
+            weights(&net)[0]
+        );
+    }
+
+    #[test]
+    fn a_python_without_torch_is_reported_not_fatal() {
+        let err = probe_torch("/nonexistent/python3").unwrap_err();
+        assert!(err.contains("cannot run `/nonexistent/python3`"), "{err}");
+    }
 }

@@ -206,7 +206,13 @@ pub fn data(command: DataCommand) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Network(s); `--pytorch`, `--floor` and `--pool-ab` take a list (e.g. `mlp,cnn,resnet`).
-    #[arg(long, value_enum, ignore_case = true, value_delimiter = ',', default_value = "cnn")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_delimiter = ',',
+        default_value = "cnn"
+    )]
     pub model: Vec<ModelKind>,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
