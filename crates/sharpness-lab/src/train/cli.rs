@@ -276,6 +276,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("note: debug build; measure with --release");
     }
+    // Timings are only comparable at the same load: print it beside them.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let one_minute = load.split_whitespace().next().unwrap_or("?");
+        println!("load average {one_minute} on {cores} cores at the start");
+    }
     let log = &mut |line: &str| eprintln!("{line}");
     let json = if args.pytorch {
         let python = args
