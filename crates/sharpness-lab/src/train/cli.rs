@@ -205,13 +205,19 @@ pub fn data(command: DataCommand) -> Result<()> {
 /// `sharpness-lab bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Network.
-    #[arg(long, value_enum, ignore_case = true, default_value_t = ModelKind::Cnn)]
-    pub model: ModelKind,
+    /// Network(s); `--pytorch`, `--floor` and `--pool-ab` take a list (e.g. `mlp,cnn,resnet`).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_delimiter = ',',
+        default_value = "cnn"
+    )]
+    pub model: Vec<ModelKind>,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Timed steps per method (median reported).
+    /// Timed steps per method (median reported); per round with `--pytorch`.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     /// Untimed warm-up steps per method.
@@ -220,6 +226,26 @@ pub struct BenchArgs {
     /// Methods (default: all; SGD is always measured first for the ratios).
     #[arg(long, value_enum, ignore_case = true, value_delimiter = ',')]
     pub methods: Option<Vec<Method>>,
+    /// Side by side with PyTorch (`bench/pytorch_sam.py`): SGD, SAM and M-SAM, rounds run
+    /// alternately, medians, peak memory, and the SAM losses of both from the same weights.
+    #[arg(long, conflicts_with_all = ["floor", "pool_ab", "methods"])]
+    pub pytorch: bool,
+    /// The Python interpreter with torch (default `$SHARPNESS_PYTHON`, else `python3`).
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Rounds of `--pytorch` (each: the lab's steps, then PyTorch's).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Threads of each side: the lab's rayon pool and torch's intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// The library's SAM step against a hand-written plain-Burn SAM and the floor (two plain
+    /// passes and the base step), `--steps` interleaved rounds.
+    #[arg(long, conflicts_with_all = ["pool_ab", "methods"])]
+    pub floor: bool,
+    /// SAM steps inside the rayon pool against steps from the main thread, interleaved.
+    #[arg(long, conflicts_with = "methods")]
+    pub pool_ab: bool,
     /// JSON output.
     #[arg(long, default_value = "results/bench.json")]
     pub out: PathBuf,
@@ -233,31 +259,106 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be ≥ 1");
     }
+    if args.threads == 0 {
+        bail!("--threads must be ≥ 1");
+    }
     // The synthetic training set: 4 batches of f32 images.
     let data_bytes = 4.0 * args.batch_size as f64 * (4 * crate::data::IMAGE_PIXELS) as f64;
     let width = TrainConfig::default().width;
-    limits::ensure_training_fits(args.model, width, args.batch_size, data_bytes)?;
+    for &model in &args.model {
+        limits::ensure_training_fits(model, width, args.batch_size, data_bytes)?;
+    }
     outdir::check_output_file(&args.out, "--out")?;
-    let mut methods = vec![Method::Sgd];
-    methods.extend(
-        args.methods
-            .unwrap_or_else(|| Method::VARIANTS.to_vec())
-            .into_iter()
-            .filter(|&m| m != Method::Sgd),
-    );
-    let report = super::bench::run(
-        args.model,
-        args.batch_size,
-        args.steps,
-        args.warmup,
-        &methods,
-        &mut |line| eprintln!("{line}"),
-    )?;
-    if report.profile == "debug" {
+    // Both sides get the same number of threads (a second call finds the pool built: ignored).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global();
+    if cfg!(debug_assertions) {
         eprintln!("note: debug build; measure with --release");
     }
-    println!("{}", super::bench::markdown(&report));
-    crate::report::write_atomic(&args.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    // Timings are only comparable at the same load: print it beside them.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let one_minute = load.split_whitespace().next().unwrap_or("?");
+        println!("load average {one_minute} on {cores} cores at the start");
+    }
+    let log = &mut |line: &str| eprintln!("{line}");
+    let json = if args.pytorch {
+        let python = args
+            .python
+            .clone()
+            .or_else(|| std::env::var("SHARPNESS_PYTHON").ok())
+            .unwrap_or_else(|| "python3".into());
+        let torch = match super::bench::probe_torch(&python) {
+            Ok(version) => version,
+            Err(why) => {
+                println!(
+                    "skipping the PyTorch comparison: {why}; install torch (e.g. `python3 -m venv \
+                     venv && venv/bin/pip install torch`) and pass --python venv/bin/python or \
+                     set SHARPNESS_PYTHON"
+                );
+                return Ok(());
+            }
+        };
+        eprintln!(
+            "lab (Flex, rayon pool of {t}) against PyTorch {torch} (torch.set_num_threads({t}))",
+            t = args.threads
+        );
+        let options = super::bench::PytorchOptions {
+            models: args.model.clone(),
+            batch_size: args.batch_size,
+            steps: args.steps,
+            warmup: args.warmup,
+            rounds: args.rounds,
+            python,
+            threads: args.threads,
+            check_steps: 3,
+        };
+        let scratch = super::bench::scratch_dir()?;
+        let report = super::bench::compare_pytorch(&options, &scratch, log);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let report = report?;
+        println!("{}", super::bench::pytorch_markdown(&report));
+        serde_json::to_string_pretty(&report)?
+    } else if args.floor {
+        let rows = super::bench::floor(&args.model, args.batch_size, args.steps, log)?;
+        println!(
+            "{}",
+            super::bench::floor_markdown(&rows, args.batch_size, args.steps)
+        );
+        serde_json::to_string_pretty(&rows)?
+    } else if args.pool_ab {
+        let rows = super::bench::pool_ab(&args.model, args.batch_size, args.steps, log)?;
+        serde_json::to_string_pretty(&rows)?
+    } else {
+        let mut methods = vec![Method::Sgd];
+        methods.extend(
+            args.methods
+                .clone()
+                .unwrap_or_else(|| Method::VARIANTS.to_vec())
+                .into_iter()
+                .filter(|&m| m != Method::Sgd),
+        );
+        let mut reports = Vec::new();
+        for &model in &args.model {
+            let report = super::bench::run(
+                model,
+                args.batch_size,
+                args.steps,
+                args.warmup,
+                &methods,
+                log,
+            )?;
+            println!("{}", super::bench::markdown(&report));
+            reports.push(report);
+        }
+        if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        }
+    };
+    crate::report::write_atomic(&args.out, json.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -48,11 +48,18 @@ pub struct EpochSummary {
     pub seconds: f64,
 }
 
+/// Runs `f` on a thread of the global rayon pool (the calling thread waits). Flex's kernels and
+/// the library's per-tensor loops fork onto that pool: forking from one of its own threads
+/// skips the hand-over from an outside thread at every parallel call of a step.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// One epoch: an `optimizer` step at learning rate `lr` on every full batch of `order` (the
 /// last incomplete batch is dropped), the batch's objective built by `objective(indices, step)`
 /// where `step` is the optimizer's step counter (for objectives that draw examples per step).
 /// With a `bar`, it advances by one per batch and shows the running loss, accuracy and speed.
-pub fn train_epoch<M: Module, O: TrainObjective<M>>(
+pub fn train_epoch<M: Module + Sync, O: TrainObjective<M> + Send>(
     optimizer: &mut SharpnessAware,
     mut model: M,
     lr: f64,
@@ -66,8 +73,7 @@ pub fn train_epoch<M: Module, O: TrainObjective<M>>(
     let (mut loss_sum, mut correct, mut seen, mut rho) = (0.0, None::<usize>, 0usize, 0.0);
     for (b, batch) in order.chunks_exact(batch_size).enumerate() {
         let mut batch_objective = objective(batch, optimizer.steps());
-        let step = optimizer
-            .step(&model, lr, &mut batch_objective)
+        let step = in_pool(|| optimizer.step(&model, lr, &mut batch_objective))
             .with_context(|| format!("batch {b}"))?;
         model = step.model;
         rho = step.rho;

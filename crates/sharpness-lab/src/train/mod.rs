@@ -26,7 +26,8 @@ use sharpness::{Objective, SharpnessAware, StateRecord};
 pub use checkpoint::{Checkpoint, CheckpointMeta, write_atomic};
 pub use config::{LrScheduleKind, OptimizerKind, RhoScheduleKind, TrainConfig};
 pub use epoch::{
-    Classifier, EpochSummary, TrainObjective, count_correct, cross_entropy, evaluate, train_epoch,
+    Classifier, EpochSummary, TrainObjective, count_correct, cross_entropy, evaluate, in_pool,
+    train_epoch,
 };
 
 use crate::data::{self, Dataset, IMAGE_PIXELS, IMAGE_SIDE, Split};
