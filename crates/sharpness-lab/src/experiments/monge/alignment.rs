@@ -879,9 +879,44 @@ fn leading_eigenvectors(mut c: Vec<f64>, d: usize, count: usize) -> Vec<Vec<f64>
     axes
 }
 
-/// Figure 7's picture: the held-out pairs' image and text embeddings together, projected on
-/// their 2nd and 3rd principal axes (PCA with the first axis, the modality direction, removed,
-/// then the two leading axes of what is left), coloured by category (the 9 largest; the rest
+/// The rows of `centred` (`d` wide) without their component along `axes[0]` (the modality
+/// direction), embedded in 2-D by Barnes–Hut t-SNE (perplexity 30, θ = 0.5, 1 000 epochs),
+/// initialised from their coordinates on `axes[1]` and `axes[2]` scaled to a standard deviation
+/// of 10⁻⁴ (scikit-learn's PCA initialisation) rather than drawn at random.
+fn tsne_without_first_axis(centred: &[f64], d: usize, axes: &[Vec<f64>]) -> Vec<f64> {
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let rows: Vec<Vec<f64>> = centred
+        .chunks(d)
+        .map(|r| {
+            let along = dot(r, &axes[0]);
+            r.iter().zip(&axes[0]).map(|(x, a)| x - along * a).collect()
+        })
+        .collect();
+    let mut init: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| [dot(r, &axes[1]), dot(r, &axes[2])])
+        .collect();
+    let first: Vec<f64> = init.iter().step_by(2).copied().collect();
+    let std = crate::stats::Summary::of(&first).std.max(1e-12);
+    init.iter_mut().for_each(|v| *v *= 1e-4 / std);
+    let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+    let mut tsne: bhtsne::tSNE<f64, &[f64]> = bhtsne::tSNE::new(&refs);
+    tsne.perplexity(30.0)
+        .epochs(1000)
+        .initial_embedding(init)
+        .barnes_hut(0.5, |a, b| {
+            a.iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f64>()
+                .sqrt()
+        });
+    tsne.embedding()
+}
+
+/// Figure 7's picture: the held-out pairs' image and text embeddings together, the first
+/// principal axis (the modality direction) removed, then t-SNE
+/// ([`tsne_without_first_axis`]), coloured by category (the 9 largest; the rest
 /// light grey), images as dots and texts as squares.
 fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -908,14 +943,8 @@ fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
             .into_data()
             .try_into_vec_as::<f64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let project = |row: usize, axis: &[f64]| -> f64 {
-            centred[row * d..(row + 1) * d]
-                .iter()
-                .zip(axis)
-                .map(|(a, b)| a * b)
-                .sum()
-        };
-        let point = |row: usize| (project(row, &axes[1]), project(row, &axes[2]));
+        let xy = tsne_without_first_axis(&centred, d, &axes);
+        let point = |row: usize| (xy[2 * row], xy[2 * row + 1]);
         let (xs, ys): (Vec<f64>, Vec<f64>) = (0..2 * n).map(point).unzip();
         let range = |v: &[f64]| {
             let (lo, hi) = (
@@ -925,7 +954,7 @@ fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
             let pad = ((hi - lo) * 0.05).max(1e-6);
             (lo - pad, hi + pad)
         };
-        let mut panel = Panel::new(name.clone(), "PC 2", "PC 3", range(&xs), range(&ys));
+        let mut panel = Panel::new(name.clone(), "t-SNE 1", "t-SNE 2", range(&xs), range(&ys));
         let colour_of = |c: &str| {
             top.iter()
                 .position(|(t, _)| *t == c)
@@ -966,7 +995,7 @@ fn embedding_figure(models: &[(String, Clip)], eval: &Pairs) -> Result<Figure> {
         panels.push(panel);
     }
     Ok(Figure {
-        title: "Held-out pairs in the joint space: PCA without its first axis (images ●, texts ■)"
+        title: "Held-out pairs in the joint space: t-SNE without the first principal axis (images ●, texts ■)"
             .into(),
         cols: models.len().min(3),
         panels,
