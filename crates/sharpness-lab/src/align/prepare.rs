@@ -441,9 +441,8 @@ pub fn summary(manifest: &Manifest, dir: &Path) -> String {
 /// `sharpness-lab align prepare`.
 #[derive(Args, Debug)]
 pub struct PrepareArgs {
-    /// Cache directory (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
-    #[arg(long)]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: crate::data::CacheArg,
     /// Seed of the split by concept.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -455,7 +454,7 @@ pub struct PrepareArgs {
 /// Runs `sharpness-lab align prepare`: fetches what is missing, loads both towers, prepares or
 /// reuses the features and prints the summary.
 pub fn cli(args: PrepareArgs) -> Result<()> {
-    let cache = args.cache.unwrap_or_else(crate::data::default_cache_dir);
+    let cache = args.cache.dir();
     let (outcome, dir) = ensure(&cache, args.seed, args.batch_size, &mut |line| {
         eprintln!("{line}")
     })?;

@@ -17,6 +17,21 @@ use std::path::{Path, PathBuf};
 
 pub use fetch::{FETCH_COMMAND, default_cache_dir, fetch_all, fetch_command, verify_cache};
 pub use idx::IdxError;
+
+/// The `--cache` flag of the commands that fill or read the cache.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CacheArg {
+    /// Cache directory (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+impl CacheArg {
+    /// The directory: the flag's, else [`default_cache_dir`].
+    pub fn dir(&self) -> PathBuf {
+        self.cache.clone().unwrap_or_else(default_cache_dir)
+    }
+}
 pub use protocol::{LabelNoise, epoch_order, flip_labels, subset};
 
 /// Side length of every image, in pixels.

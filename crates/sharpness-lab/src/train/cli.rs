@@ -165,28 +165,17 @@ pub fn table(args: TableArgs) -> Result<()> {
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Fetch MNIST and Fashion-MNIST into the cache (set-up step; verifies SHA-256 sums).
-    Fetch {
-        /// Cache directory (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
-        #[arg(long)]
-        cache: Option<PathBuf>,
-    },
+    Fetch(data::CacheArg),
     /// Verify the cached files against the recorded SHA-256 sums.
-    Verify {
-        /// Cache directory (default `$SHARPNESS_CACHE` or `~/.cache/sharpness`).
-        #[arg(long)]
-        cache: Option<PathBuf>,
-    },
+    Verify(data::CacheArg),
 }
 
 /// Runs `sharpness-lab data …`.
 pub fn data(command: DataCommand) -> Result<()> {
     match command {
-        DataCommand::Fetch { cache } => {
-            let cache = cache.unwrap_or_else(data::default_cache_dir);
-            data::fetch_all(&cache, &mut |line| eprintln!("{line}"))
-        }
-        DataCommand::Verify { cache } => {
-            let cache = cache.unwrap_or_else(data::default_cache_dir);
+        DataCommand::Fetch(cache) => data::fetch_all(&cache.dir(), &mut |line| eprintln!("{line}")),
+        DataCommand::Verify(cache) => {
+            let cache = cache.dir();
             data::verify_cache(&cache).with_context(|| {
                 format!(
                     "the cache does not hold the recorded data; fetch it with `{}`",
