@@ -1,7 +1,8 @@
 //! Robustness to the hyperparameters (Monge SAM, §4.2 and Appendix B, Table 3: "M-SAM is more
 //! robust to the choice of hyperparameters"; there SAM diverged in 12 of 15 (α, ρ) cells of a
 //! CLIP fine-tune, M-SAM in 2 of 12). Here: the lab's MLP on a Fashion-MNIST subset, trained from
-//! the same initialisation for every cell of a learning rate × ρ grid, per method.
+//! the same initialisation for every cell of a learning rate × ρ grid, per method, once per seed
+//! (the seed sets the initialisation and the batch order).
 //!
 //! A cell **diverged** ([`divergence`]) if a loss was non-finite (the library refuses such a step),
 //! or if the training loss at the end of an epoch (measured on the whole training subset, in
@@ -55,9 +56,13 @@ pub struct Settings {
     pub lrs: Vec<f64>,
     /// Radii, a geometric sequence.
     pub rhos: Vec<f64>,
-    /// Seed of the initialisation and the batch order (the same in every cell).
-    pub seed: u64,
+    /// Seeds of the initialisation and the batch order: the whole grid runs once per seed (a
+    /// cell near the border between converging and diverging can go either way with the seed).
+    pub seeds: Vec<u64>,
 }
+
+/// A cell of the grid: method, learning rate, ρ (0 for SGD) and seed.
+type Key = (Method, f64, f64, u64);
 
 /// `n` values 10^(lo + k·step), k = 0..n (exactly geometric, so the heat map's cells are regular).
 fn powers_of_ten(lo: f64, step: f64, n: usize) -> Vec<f64> {
@@ -66,7 +71,7 @@ fn powers_of_ten(lo: f64, step: f64, n: usize) -> Vec<f64> {
 
 impl Settings {
     /// The full grid: lr 10^-2.5 … 10^0.5 (7) × ρ 10^-2 … 10^1 (7), SAM, M-SAM, ASAM, Fisher SAM,
-    /// 8 192 examples, 8 epochs.
+    /// 8 192 examples, 8 epochs, 3 seeds.
     pub fn full() -> Self {
         Self {
             preset: "full".into(),
@@ -80,12 +85,12 @@ impl Settings {
             methods: vec![Method::Sam, Method::Msam, Method::Asam, Method::Fisher],
             lrs: powers_of_ten(-2.5, 0.5, 7),
             rhos: powers_of_ten(-2.0, 0.5, 7),
-            seed: 0,
+            seeds: vec![0, 1, 2],
         }
     }
 
     /// For `reproduce`: SAM and M-SAM, lr 10^-1.5 … 10^0.5 (5) × ρ 10^-2 … 10^1 (7), 2 048
-    /// examples, 3 epochs.
+    /// examples, 3 epochs, 3 seeds.
     pub fn reduced() -> Self {
         Self {
             preset: "reduced".into(),
@@ -98,13 +103,16 @@ impl Settings {
         }
     }
 
-    /// Every cell, in the order they run: SGD per lr, then each method's lr × ρ.
-    fn cells(&self) -> Vec<(Method, f64, f64)> {
-        let mut cells: Vec<_> = self.lrs.iter().map(|&lr| (Method::Sgd, lr, 0.0)).collect();
-        for &method in &self.methods {
-            for &rho in &self.rhos {
-                for &lr in &self.lrs {
-                    cells.push((method, lr, rho));
+    /// Every cell, in the order they run: per seed, SGD per lr, then each method's lr × ρ.
+    fn cells(&self) -> Vec<Key> {
+        let mut cells = vec![];
+        for &seed in &self.seeds {
+            cells.extend(self.lrs.iter().map(|&lr| (Method::Sgd, lr, 0.0, seed)));
+            for &method in &self.methods {
+                for &rho in &self.rhos {
+                    for &lr in &self.lrs {
+                        cells.push((method, lr, rho, seed));
+                    }
                 }
             }
         }
@@ -144,6 +152,8 @@ pub struct Cell {
     pub lr: f64,
     /// ρ (0 for SGD).
     pub rho: f64,
+    /// Seed of the initialisation and the batch order.
+    pub seed: u64,
     /// Training loss of the initialisation.
     pub initial_loss: f64,
     /// Training loss after the last epoch run (the divergent epoch for a divergent cell).
@@ -159,7 +169,12 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn is(&self, (method, lr, rho): (Method, f64, f64)) -> bool {
+    fn is(&self, (method, lr, rho, seed): Key) -> bool {
+        self.method == method && self.lr == lr && self.rho == rho && self.seed == seed
+    }
+
+    /// The same method, lr and ρ (any seed).
+    fn at(&self, method: Method, lr: f64, rho: f64) -> bool {
         self.method == method && self.lr == lr && self.rho == rho
     }
 }
@@ -167,9 +182,9 @@ impl Cell {
 /// Runs every cell of `cells` not in `earlier` with `run_cell`, saving all records after each
 /// one with `save`; returns the records in `cells` order. The resume logic, apart from training.
 fn run_cells(
-    cells: &[(Method, f64, f64)],
+    cells: &[Key],
     earlier: Vec<Cell>,
-    mut run_cell: impl FnMut((Method, f64, f64)) -> Result<Cell>,
+    mut run_cell: impl FnMut(Key) -> Result<Cell>,
     mut save: impl FnMut(&[Cell]) -> Result<()>,
 ) -> Result<Vec<Cell>> {
     let mut done: Vec<Cell> = earlier
@@ -191,7 +206,7 @@ fn run_cells(
 
 /// Trains one cell from the shared initialisation; stops at divergence.
 fn train_cell(
-    (method, lr, rho): (Method, f64, f64),
+    (method, lr, rho, seed): Key,
     settings: &Settings,
     train: &Split,
     test: &Split,
@@ -199,7 +214,7 @@ fn train_cell(
 ) -> Result<Cell> {
     let started = Instant::now();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let mut model = Network::new(ModelKind::Mlp, settings.width, settings.seed, device);
+    let mut model = Network::new(ModelKind::Mlp, settings.width, seed, device);
     let mut opt = optimizer(method, rho, settings.momentum)?;
     let (initial_loss, _) = measure(&model, train, &loss_fn, device);
     let (mut losses, mut best_test_acc) = (vec![], f64::NAN);
@@ -211,7 +226,7 @@ fn train_cell(
             lr,
             train,
             settings.batch_size,
-            (settings.seed, losses.len()),
+            (seed, losses.len()),
             &loss_fn,
             device,
         );
@@ -240,6 +255,7 @@ fn train_cell(
         method,
         lr,
         rho,
+        seed,
         initial_loss,
         final_loss: losses.last().copied().unwrap_or(initial_loss),
         best_test_acc,
@@ -283,10 +299,11 @@ pub fn run(
         |key| {
             let cell = train_cell(key, settings, &train, &test, device)?;
             progress.set_message(format!(
-                "robustness: {} lr {:.3} ρ {:.3}: {}",
+                "robustness: {} lr {:.3} ρ {:.3} seed {}: {}",
                 cell.method.display_name(),
                 cell.lr,
                 cell.rho,
+                cell.seed,
                 cell.diverged.map_or("converged", |_| "diverged")
             ));
             progress.inc(1);
@@ -312,35 +329,97 @@ const CLAIM: &str = "M-SAM is more robust to the choice of hyperparameters than 
 of learning rates × ρ it diverges in fewer cells (Appendix B, Table 3: SAM diverged in 12 of 15 \
 CLIP fine-tuning settings, M-SAM in 2 of 12).";
 
-fn divergent_count(records: &[Cell], method: Method) -> (usize, usize) {
-    let cells: Vec<_> = records.iter().filter(|c| c.method == method).collect();
+/// Divergent cells of `method` in `seed`'s grid: (diverged, cells).
+fn divergent_count(records: &[Cell], method: Method, seed: u64) -> (usize, usize) {
+    let cells: Vec<_> = records
+        .iter()
+        .filter(|c| c.method == method && c.seed == seed)
+        .collect();
     (
         cells.iter().filter(|c| c.diverged.is_some()).count(),
         cells.len(),
     )
 }
 
+/// The paper's claim against divergent-cell counts per seed (same seeds, same order).
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// M-SAM diverged in fewer cells than SAM in every seed's grid.
+    Holds,
+    /// Fewer in total, but not in every seed.
+    FewerInTotalOnly,
+    /// As many in total.
+    Level,
+    /// More in total.
+    DoesNotHold,
+}
+
+fn verdict(sam: &[usize], msam: &[usize]) -> Verdict {
+    let (s, m) = (sam.iter().sum::<usize>(), msam.iter().sum::<usize>());
+    if sam.iter().zip(msam).all(|(s, m)| m < s) {
+        Verdict::Holds
+    } else if m < s {
+        Verdict::FewerInTotalOnly
+    } else if m == s {
+        Verdict::Level
+    } else {
+        Verdict::DoesNotHold
+    }
+}
+
+/// A method's cell at (lr, ρ) over the seeds: its divergent runs and the means of the others.
+fn cell_text(cells: &[&Cell]) -> String {
+    if cells.is_empty() {
+        return "–".into();
+    }
+    let converged: Vec<_> = cells.iter().filter(|c| c.diverged.is_none()).collect();
+    let d = cells.len() - converged.len();
+    let n = converged.len() as f64;
+    let acc = converged.iter().map(|c| c.best_test_acc).sum::<f64>() / n;
+    let loss = converged.iter().map(|c| c.final_loss).sum::<f64>() / n;
+    match (d, converged.is_empty()) {
+        (0, _) => format!("{:.1} % / {loss:.3}", 100.0 * acc),
+        (_, true) => format!("**✗** {d}/{}", cells.len()),
+        _ => format!(
+            "**✗** {d}/{}; {:.1} % / {loss:.3}",
+            cells.len(),
+            100.0 * acc
+        ),
+    }
+}
+
 fn section(settings: &Settings, records: &[Cell], seconds: f64) -> String {
-    let fmt_lr = |lr: f64| format!("{lr:.3}");
     let mut headers = vec!["ρ \\ lr".to_string()];
-    headers.extend(settings.lrs.iter().map(|&lr| fmt_lr(lr)));
+    headers.extend(settings.lrs.iter().map(|&lr| format!("{lr:.3}")));
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let cell_text = |c: &Cell| match c.diverged {
-        Some(Divergence::NonFinite) => "**✗ NaN**".to_string(),
-        Some(Divergence::AboveInitial) => format!("**✗** {:.2}", c.final_loss),
-        None => format!("{:.1} % / {:.3}", 100.0 * c.best_test_acc, c.final_loss),
+    let at = |method: Method, lr: f64, rho: f64| -> Vec<&Cell> {
+        records.iter().filter(|c| c.at(method, lr, rho)).collect()
+    };
+    let per_seed = |method: Method| -> Vec<usize> {
+        settings
+            .seeds
+            .iter()
+            .map(|&seed| divergent_count(records, method, seed).0)
+            .collect()
+    };
+    let total = |method: Method| -> (usize, usize) {
+        settings
+            .seeds
+            .iter()
+            .map(|&seed| divergent_count(records, method, seed))
+            .fold((0, 0), |(d, n), (a, b)| (d + a, n + b))
+    };
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut tables = String::new();
-    let sgd: Vec<String> = settings
+    let sgd = settings
         .lrs
         .iter()
-        .map(|&lr| {
-            records
-                .iter()
-                .find(|c| c.is((Method::Sgd, lr, 0.0)))
-                .map_or("–".into(), cell_text)
-        })
-        .collect();
+        .map(|&lr| cell_text(&at(Method::Sgd, lr, 0.0)));
     tables.push_str(&format!(
         "**SGD** (reference, no ρ)\n\n{}\n",
         markdown_table(
@@ -354,64 +433,72 @@ fn section(settings: &Settings, records: &[Cell], seconds: f64) -> String {
             .iter()
             .map(|&rho| {
                 std::iter::once(format!("{rho:.3}"))
-                    .chain(settings.lrs.iter().map(|&lr| {
-                        records
+                    .chain(
+                        settings
+                            .lrs
                             .iter()
-                            .find(|c| c.is((method, lr, rho)))
-                            .map_or("–".into(), cell_text)
-                    }))
+                            .map(|&lr| cell_text(&at(method, lr, rho))),
+                    )
                     .collect()
             })
             .collect();
-        let (d, n) = divergent_count(records, method);
+        let (d, n) = total(method);
         tables.push_str(&format!(
-            "\n**{}**: {d} of {n} cells diverged\n\n{}\n",
+            "\n**{}**: {d} of {n} runs diverged (per seed: {})\n\n{}\n",
             method.display_name(),
+            list(&per_seed(method)),
             markdown_table(&headers, &rows)
         ));
     }
     let counts: Vec<String> = std::iter::once(Method::Sgd)
         .chain(settings.methods.iter().copied())
         .map(|m| {
-            let (d, n) = divergent_count(records, m);
+            let (d, n) = total(m);
             format!("{} {d}/{n}", m.display_name())
         })
         .collect();
-    let (sam, msam) = (
-        divergent_count(records, Method::Sam),
-        divergent_count(records, Method::Msam),
+    let (sam, msam) = (per_seed(Method::Sam), per_seed(Method::Msam));
+    let (sam_total, msam_total) = (total(Method::Sam), total(Method::Msam));
+    let numbers = format!(
+        "M-SAM diverged in {} of {} runs (per seed: {}), SAM in {} of {} (per seed: {})",
+        msam_total.0,
+        msam_total.1,
+        list(&msam),
+        sam_total.0,
+        sam_total.1,
+        list(&sam)
     );
-    let verdict = match sam.0.cmp(&msam.0) {
-        std::cmp::Ordering::Greater => format!(
-            "**holds here**: M-SAM diverged in {} of {} cells, SAM in {} of {} (one seed: cells \
-             on the border between converging and diverging can change with the seed, so a \
-             difference of a few cells is weak evidence).",
-            msam.0, msam.1, sam.0, sam.1
+    let verdict = match verdict(&sam, &msam) {
+        Verdict::Holds => format!("**holds here**, in every seed's grid: {numbers}."),
+        Verdict::FewerInTotalOnly => format!(
+            "**not confirmed here**: fewer in total but not in every seed's grid: {numbers}."
         ),
-        std::cmp::Ordering::Equal => format!(
-            "**not confirmed here**: both diverged in {} of {} cells.",
-            sam.0, sam.1
-        ),
-        std::cmp::Ordering::Less => format!(
-            "**does not hold here**: M-SAM diverged in {} of {} cells, SAM in only {} of {}.",
-            msam.0, msam.1, sam.0, sam.1
-        ),
+        Verdict::Level => format!("**not confirmed here**: as many: {numbers}."),
+        Verdict::DoesNotHold => format!("**does not hold here**: {numbers}."),
     };
     let train_seconds: f64 = records.iter().map(|c| c.seconds).sum();
+    let seeds = list(
+        &settings
+            .seeds
+            .iter()
+            .map(|&s| s as usize)
+            .collect::<Vec<_>>(),
+    );
     format!(
-        "**Paper's claim.** {CLAIM}\n\n**Measured here** (preset `{}`): {verdict} Divergent cells \
+        "**Paper's claim.** {CLAIM}\n\n**Measured here** (preset `{}`): {verdict} Divergent runs \
          per method: {}.\n\n![robustness heat maps]({DIR}/heatmaps.png)\n\n*Top: best test \
-         accuracy per cell (viridis, dark = low); bottom: log₁₀ of the final training loss \
-         (bright = high, saturating at 10× the initial loss; non-finite = brightest); red \
-         squares: divergent cells (non-finite loss, or a training loss above the initial one \
-         after an epoch).*\n\n\
+         accuracy per cell, mean over the seeds that converged (viridis, dark = low); bottom: \
+         log₁₀ of the final training loss, mean over seeds (bright = high, saturating at 10× the \
+         initial loss; non-finite = brightest); red squares: diverged in every seed, orange: in \
+         some (non-finite loss, or a training loss above the initial one after an epoch).*\n\n\
          Set-up: MLP 784–{w}–{w}–10 on the first {} {} training examples (test: first {}), \
-         {} epochs, batch {}, SGD momentum {} without weight decay, constant lr and ρ, the same \
-         initialisation and batch order (seed {}) in every cell; cross-entropy (NLL of the \
-         log-softmax). The paper's grid was a CLIP fine-tune on WIT, which is not available \
-         here. Cells: best test accuracy / final training loss; **✗**: diverged (with the \
-         training loss where it stopped). {} cells, {:.0} s of training in all (this invocation \
-         {seconds:.0} s).\n\n{tables}",
+         {} epochs, batch {}, SGD momentum {} without weight decay, constant lr and ρ; the whole \
+         grid once per seed ({seeds}), the seed setting the initialisation and the batch order, \
+         the same for every cell of that seed's grid; cross-entropy (NLL of the log-softmax). \
+         The paper's grid was a CLIP fine-tune on WIT, which is not available here. Cells: best \
+         test accuracy / final training loss, means over the seeds; **✗** k/n: diverged in k of \
+         the n seeds (each run's loss where it stopped is in `{DIR}/records.csv`). {} runs, \
+         {:.0} s of training in all (this invocation {seconds:.0} s).\n\n{tables}",
         settings.preset,
         counts.join(", "),
         settings.train_examples,
@@ -420,7 +507,6 @@ fn section(settings: &Settings, records: &[Cell], seconds: f64) -> String {
         settings.epochs,
         settings.batch_size,
         settings.momentum,
-        settings.seed,
         records.len(),
         train_seconds,
         w = settings.width,
@@ -462,15 +548,22 @@ fn heatmaps(settings: &Settings, records: &[Cell]) -> Figure {
         ("log10 final training loss", loss_range),
     ] {
         for &method in &settings.methods {
-            let mut values = vec![];
-            let mut divergent = vec![];
+            let (mut values, mut every, mut some) = (vec![], vec![], vec![]);
             for &rho in &settings.rhos {
                 for &lr in &settings.lrs {
-                    let cell = records.iter().find(|c| c.is((method, lr, rho)));
-                    let v = cell.map_or(f64::NAN, |c| match what.starts_with("best") {
-                        true => 100.0 * c.best_test_acc,
-                        false => c.final_loss.log10(),
-                    });
+                    let cells: Vec<_> = records.iter().filter(|c| c.at(method, lr, rho)).collect();
+                    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+                    // A seed that diverged has no accuracy; its loss makes the mean non-finite or large.
+                    let v = match what.starts_with("best") {
+                        true => mean(
+                            cells
+                                .iter()
+                                .filter(|c| c.diverged.is_none())
+                                .map(|c| 100.0 * c.best_test_acc)
+                                .collect(),
+                        ),
+                        false => mean(cells.iter().map(|c| c.final_loss.log10()).collect()),
+                    };
                     // Unmeasured or non-finite cells take the worst colour; the marker says why.
                     values.push(if v.is_finite() {
                         v
@@ -479,8 +572,13 @@ fn heatmaps(settings: &Settings, records: &[Cell]) -> Figure {
                     } else {
                         range.1
                     });
-                    if cell.is_some_and(|c| c.diverged.is_some()) {
-                        divergent.push((lr.log10(), rho.log10()));
+                    let d = cells.iter().filter(|c| c.diverged.is_some()).count();
+                    if d > 0 {
+                        let at = (lr.log10(), rho.log10());
+                        match d == cells.len() {
+                            true => every.push(at),
+                            false => some.push(at),
+                        }
                     }
                 }
             }
@@ -504,9 +602,15 @@ fn heatmaps(settings: &Settings, records: &[Cell]) -> Figure {
                 contours: vec![],
             });
             panel.series.push(Series::new(
-                "diverged",
-                divergent,
+                "diverged in every seed",
+                every,
                 RGBColor(220, 20, 20),
+                Style::Squares(5),
+            ));
+            panel.series.push(Series::new(
+                "diverged in some seeds",
+                some,
+                RGBColor(245, 150, 20),
                 Style::Squares(5),
             ));
             panel.legend = None;
@@ -515,7 +619,7 @@ fn heatmaps(settings: &Settings, records: &[Cell]) -> Figure {
     }
     Figure {
         title: format!(
-            "Robustness grid, {} ({}): red = diverged",
+            "Robustness grid, {} ({}): red = diverged in every seed, orange = in some",
             settings.dataset, settings.preset
         ),
         cols: settings.methods.len(),
@@ -581,11 +685,12 @@ mod tests {
         assert_eq!(divergence(f64::NAN, &[]), Some(Divergence::NonFinite));
     }
 
-    fn cell((method, lr, rho): (Method, f64, f64)) -> Cell {
+    fn cell((method, lr, rho, seed): Key) -> Cell {
         Cell {
             method,
             lr,
             rho,
+            seed,
             initial_loss: 2.3,
             final_loss: lr * rho,
             best_test_acc: 0.5,
@@ -595,7 +700,7 @@ mod tests {
                 None,
                 Some(Divergence::NonFinite),
                 Some(Divergence::AboveInitial),
-            ][(lr * 10.0 + rho * 100.0) as usize % 3],
+            ][((lr * 10.0 + rho * 100.0) as usize + seed as usize) % 3],
             seconds: 0.0,
         }
     }
@@ -606,19 +711,20 @@ mod tests {
             methods: vec![Method::Sam, Method::Msam],
             lrs: vec![0.1, 1.0],
             rhos: vec![0.01, 0.1],
+            seeds: vec![4, 7],
             ..Settings::reduced()
         };
         let cells = settings.cells();
-        assert_eq!(cells.len(), 2 + 2 * 2 * 2);
+        assert_eq!(cells.len(), 2 * (2 + 2 * 2 * 2));
         let tmp = tempfile::tempdir().unwrap();
         let resume = ResumeFile::new(tmp.path(), serde_json::json!({ "settings": settings }));
-        // First invocation: interrupted (an error) at the fifth cell.
+        // First invocation: interrupted (an error) in the second seed's grid.
         let mut trained = vec![];
         let interrupted = run_cells(
             &cells,
             resume.earlier(),
             |key| {
-                if trained.len() == 4 {
+                if trained.len() == 13 {
                     anyhow::bail!("interrupted");
                 }
                 trained.push(key);
@@ -627,7 +733,8 @@ mod tests {
             |done| resume.save(done),
         );
         assert!(interrupted.is_err());
-        assert_eq!(trained, cells[..4]);
+        assert_eq!(trained, cells[..13]);
+        assert_eq!(cells[12].3, 7);
         // Second invocation: only the rest run, and every cell comes back in grid order.
         let mut rest = vec![];
         let all = run_cells(
@@ -640,11 +747,45 @@ mod tests {
             |done| resume.save(done),
         )
         .unwrap();
-        assert_eq!(rest, cells[4..]);
+        assert_eq!(rest, cells[13..]);
         assert_eq!(all, cells.iter().map(|&k| cell(k)).collect::<Vec<_>>());
         // Under other settings nothing is reused.
         let other = ResumeFile::new(tmp.path(), serde_json::json!({ "settings": "other" }));
         assert!(other.earlier::<Cell>().is_empty());
+    }
+
+    #[test]
+    fn the_claim_holds_only_with_fewer_divergent_cells_in_every_seed() {
+        assert_eq!(verdict(&[20, 22, 21], &[18, 21, 20]), Verdict::Holds);
+        // Fewer in total (59 < 63) but one seed the other way.
+        assert_eq!(
+            verdict(&[20, 22, 21], &[21, 18, 20]),
+            Verdict::FewerInTotalOnly
+        );
+        assert_eq!(verdict(&[20, 22], &[22, 20]), Verdict::Level);
+        assert_eq!(verdict(&[20, 22], &[22, 21]), Verdict::DoesNotHold);
+        // A tie in one seed is not "fewer in every seed".
+        assert_eq!(verdict(&[20, 22], &[20, 21]), Verdict::FewerInTotalOnly);
+    }
+
+    #[test]
+    fn cells_summarise_their_seeds() {
+        let run = |seed, diverged: Option<Divergence>, acc, loss| Cell {
+            seed,
+            diverged,
+            best_test_acc: acc,
+            final_loss: loss,
+            ..cell((Method::Sam, 0.1, 0.01, seed))
+        };
+        let (a, b, c) = (
+            run(0, None, 0.70, 0.5),
+            run(1, None, 0.80, 0.3),
+            run(2, Some(Divergence::NonFinite), f64::NAN, f64::NAN),
+        );
+        assert_eq!(cell_text(&[&a, &b]), "75.0 % / 0.400");
+        assert_eq!(cell_text(&[&a, &b, &c]), "**✗** 1/3; 75.0 % / 0.400");
+        assert_eq!(cell_text(&[&c]), "**✗** 1/1");
+        assert_eq!(cell_text(&[]), "–");
     }
 
     #[test]
