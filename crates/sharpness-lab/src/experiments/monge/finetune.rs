@@ -631,7 +631,11 @@ fn figure(s: &Settings, records: &[Record]) -> Figure {
             all.iter().copied().fold(f64::INFINITY, f64::min),
             all.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         );
-        let pad = ((hi - lo) * 0.08).max(1e-3);
+        // A flat row (training accuracy stays at 100 %) gets ±1 % of its value, not ticks in 10⁻⁴.
+        let pad = match hi - lo > 1e-9 {
+            true => ((hi - lo) * 0.08).max(1e-3),
+            false => 0.01 * hi.abs().max(1.0),
+        };
         for (col, &rho) in s.rhos.iter().enumerate() {
             let mut panel = Panel::new(
                 format!("ρ = {rho}"),
