@@ -8,15 +8,17 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay`, index 15 of `mi_option_e` in mimalloc v2 and v3 (not exported by
+/// `libmimalloc-sys`).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Keeps freed memory in the process. Flex allocates and frees buffers of megabytes for every
 /// convolution and batch norm; by default mimalloc (v3) hands freed pages back to the OS after
 /// 1 s, so the steps keep faulting them in again and the kernel zeroes them (`perf`: `clear_page_erms`,
-/// 8–11 % of a CNN or ResNet-8 SAM step). The peak footprint is unchanged.
+/// 8–11 % of a one-thread CNN or ResNet-8 SAM step). The peak footprint is unchanged.
 fn keep_freed_pages() {
-    // `mi_option_purge_delay`, index 15 of `mi_option_e` in mimalloc v2 and v3 (not exported by
-    // `libmimalloc-sys`); -1 = never purge. Read at every purge decision, so setting it here,
-    // after the allocator's start-up, takes effect.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // -1 = never purge. Read at every purge decision, so setting it here, after the allocator's
+    // start-up, takes effect.
     // A delay the user set in the environment wins (e.g. `MIMALLOC_PURGE_DELAY=1000`, mimalloc's default).
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain write to mimalloc's option table, made first thing in `main`, before
@@ -95,12 +97,17 @@ fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::MI_OPTION_PURGE_DELAY;
+
     /// Pins the option's index: mimalloc v3's default purge delay is 1000 ms (`options.c`).
     #[test]
-    fn option_15_is_the_purge_delay() {
+    fn the_purge_delay_option_has_its_documented_default() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             // SAFETY: reads (and lazily initialises from the environment) one option.
-            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(15) }, 1000);
+            assert_eq!(
+                unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+                1000
+            );
         }
     }
 }
